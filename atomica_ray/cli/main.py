@@ -1,0 +1,46 @@
+"""`atomica-ray` entry point.
+
+Each sub-command lives in its own module under `atomica_ray.cli` and exposes
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
+command runs, so `atomica-ray inspect` never pays for importing Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("atomica_ray.cli.demo", "make the built-in demo data and train on it with a local Ray"),
+    "demo-data": ("atomica_ray.cli.demo_data", "write the built-in demo dataset (Parquet)"),
+    "convert": ("atomica_ray.cli.convert", "convert ATOMICA .pkl / .jsonl.gz files to a Parquet dataset"),
+    "inspect": ("atomica_ray.cli.inspect", "print item count, size statistics and labels of a dataset"),
+    "train": ("atomica_ray.cli.train", "train one task with Ray Train"),
+    "embed": ("atomica_ray.cli.embed", "write graph / block / atom embeddings to Parquet"),
+    "predict": ("atomica_ray.cli.predict", "write a trained model's predictions to Parquet"),
+    "tune": ("atomica_ray.cli.tune", "run a Ray Tune sweep"),
+    "report": ("atomica_ray.cli.report", "plot a finished sweep (PNG + HTML)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="atomica-ray")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    cmd = argparse.ArgumentParser(prog=f"atomica-ray {name}", description=COMMANDS[name][1])
+    module.add_arguments(cmd)
+    args = cmd.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
