@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+
+import numpy as np
+import torch
+
+from atomica_ray.data.batching import EpochPlan, plan_epoch
+from atomica_ray.data.collate import collate
+from atomica_ray.data.items import DataError, source_format
+from atomica_ray.data.parquet import META_FILE, ParquetItems, convert
+from atomica_ray.data.vocab import get_vocab
 
 # dataset kind -> ATOMICA dataset class it reproduces (reference §1.3, §1.4)
 KINDS = {
@@ -16,8 +27,6 @@ KINDS = {
     "pretrain_masked": "PretrainMaskedDataset",
     "pretrain_atom": "PretrainAtomDataset",
 }
-TORSION_KINDS = {"pretrain_torsion", "pretrain_masked_torsion"}
-MASKED_KINDS = {"pretrain_masked_torsion", "pretrain_masked"}
 PRETRAIN_KINDS = {"pretrain_torsion", "pretrain_masked_torsion", "pretrain_masked", "pretrain_atom"}
 
 
@@ -56,3 +65,214 @@ class DataSpec:
 
     def replace(self, **changes) -> "DataSpec":
         return dataclasses.replace(self, **changes)
+
+
+# --- datasets -----------------------------------------------------------------------------------
+
+def user_cache_dir() -> str:
+    """atomica-ray's per-user cache directory (platformdirs if installed, else ~/.cache/atomica-ray)."""
+    env = os.environ.get("ATOMICA_RAY_CACHE")
+    if env:
+        return env
+    try:
+        import platformdirs
+
+        return platformdirs.user_cache_dir("atomica-ray")
+    except ImportError:
+        return os.path.join(os.path.expanduser("~"), ".cache", "atomica-ray")
+
+
+_OPEN: dict[tuple, ParquetItems] = {}
+
+
+def open_dataset(path: str, allow_pickle: bool = False, fragmentation_method: str | None = "PS_300") -> ParquetItems:
+    """A Parquet dataset directory as is; an ATOMICA .pkl / .jsonl.gz file is converted once into the user cache
+    (keyed by its path, size and modification time) and the cached copy reused afterwards."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        target = path
+    elif os.path.isfile(path):
+        source_format(path)  # unknown extensions fail here, before any work
+        if source_format(path) == "pickle" and not allow_pickle:
+            raise DataError(f"{path}: refusing to unpickle. Loading a pickle can run arbitrary code; if you trust "
+                            "this file, pass --allow-pickle (CLI) or allow_pickle=True (API).")
+        st = os.stat(path)
+        key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{fragmentation_method}".encode()).hexdigest()[:20]
+        name = os.path.basename(path).split(".")[0]
+        target = os.path.join(user_cache_dir(), "datasets", f"{name}-{key}")
+        if not os.path.isfile(os.path.join(target, META_FILE)):
+            try:
+                convert([path], target, allow_pickle=allow_pickle, fragmentation_method=fragmentation_method)
+            except FileExistsError:
+                pass  # another process converted it first
+    else:
+        raise DataError(f"{path}: no such file or dataset directory")
+    st = os.stat(os.path.join(target, META_FILE)) if os.path.isfile(os.path.join(target, META_FILE)) else None
+    key = (target, st.st_mtime_ns if st else None)
+    if key not in _OPEN:
+        _OPEN[key] = ParquetItems(target)
+    ds = _OPEN[key]
+    n_types = len(get_vocab(fragmentation_method))
+    if ds.meta.get("max_block_type", -1) >= n_types:
+        raise DataError(f"{target}: has block type {ds.meta['max_block_type']}, but fragmentation_method "
+                        f"{fragmentation_method!r} has only {n_types} block types")
+    return ds
+
+
+def item_labels(ds: ParquetItems, kind: str) -> np.ndarray | None:
+    """Per-item label of a labelled kind (float64), checked present; None for kinds without labels."""
+    label, affinity = ds.index["label"], ds.index["affinity"]
+    if kind == "labelled":
+        out, field = np.where(np.isnan(label), affinity, label), "label (or affinity.neglog_aff)"
+    elif kind == "multiclass":
+        out, field = label, "label"
+    elif kind == "affinity":
+        out, field = affinity, "affinity.neglog_aff"
+    else:
+        return None
+    missing = np.nonzero(np.isnan(out))[0]
+    if len(missing):
+        i = int(missing[0])
+        raise DataError(f"{ds.path}, item {i} (id {ds[i]['id']!r}), field {field}: missing, and kind {kind!r} needs "
+                        f"it ({len(missing)} items lack it)")
+    if kind == "multiclass" and np.any(out != np.round(out)):
+        i = int(np.nonzero(out != np.round(out))[0][0])
+        raise DataError(f"{ds.path}, item {i} (id {ds[i]['id']!r}), field label: {out[i]} is not a class index")
+    return out
+
+
+# --- per-item preparation and batches (run in DataLoader workers) --------------------------------
+
+def segment_only(rec: dict, segment: int) -> dict:
+    """The blocks and atoms of one segment (ATOMICA's `filter_for_segment`)."""
+    keep_block = rec["segment_ids"] == segment
+    keep_atom = np.repeat(keep_block, rec["block_lengths"])
+    out = {"id": rec["id"]}
+    for k in ("X", "A", "atom_positions"):
+        out[k] = rec[k][keep_atom]
+    for k in ("B", "block_lengths", "segment_ids"):
+        out[k] = rec[k][keep_block]
+    return out
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """Map-style dataset over one rank's planned batches: `ds[b]` reads, crops, noises and collates batch b.
+
+    Randomness comes from rng(seed, epoch, item index) only, so any worker produces the same batch."""
+
+    def __init__(self, items: ParquetItems, batches: list[np.ndarray], crop_to: np.ndarray, labels, spec: DataSpec,
+                 seed: int, epoch: int, transform):
+        self.items, self.batches, self.crop_to, self.labels = items, batches, crop_to, labels
+        self.kind, self.seed, self.epoch, self.transform = spec.kind, seed, epoch, transform
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def prepare(self, rec: dict, i: int) -> dict | None:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        cap = int(self.crop_to[i])
+        if cap:
+            from atomica_ray.data.crop import crop_item
+
+            rec = crop_item(rec, cap, rng)
+            if len(rec["B"]) > cap:
+                raise RuntimeError(f"crop_item returned {len(rec['B'])} blocks for item {rec['id']!r}, above {cap}")
+        if self.labels is not None:
+            rec["label"] = int(self.labels[i]) if self.kind == "multiclass" else float(self.labels[i])
+        if self.kind == "prot_interface":
+            rec["prot"] = segment_only(rec, 0)
+        if self.transform is not None:
+            rec = self.transform(rec, rng)
+        return rec
+
+    def __getitem__(self, b: int) -> dict:
+        idx = self.batches[b]
+        ready = [r for r in (self.prepare(rec, int(i)) for rec, i in zip(self.items.get(idx), idx)) if r is not None]
+        # Every item of the batch was dropped by the transform (e.g. cropping removed all rotatable bonds):
+        # take the next usable item of this rank's epoch, so that every rank still yields this batch.
+        j = b
+        while not ready:
+            j = (j + 1) % len(self.batches)
+            if j == b:
+                raise RuntimeError("no item of this rank's epoch survives the transform")
+            for i in self.batches[j]:
+                r = self.prepare(self.items[int(i)], int(i))
+                if r is not None:
+                    ready = [r]
+                    break
+        return collate(ready, self.kind)
+
+
+def _identity(x):
+    return x
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)  # one decoding process per core; no intra-op thread pools fighting
+
+
+class EpochLoader:
+    """One rank's batches of one epoch. `len()` is the full epoch (identical on every rank); iteration starts
+    at `start_batch`."""
+
+    def __init__(self, batches: EpochBatches, plan: EpochPlan, start_batch: int, loader_kwargs: dict):
+        self.dataset, self.plan, self.start_batch, self.loader_kwargs = batches, plan, start_batch, loader_kwargs
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def item_batches(self) -> list[np.ndarray]:
+        """Global item indices of this rank's batches (before any transform drops)."""
+        return self.dataset.batches
+
+    def __iter__(self):
+        order = range(self.start_batch, len(self.dataset))
+        if self.loader_kwargs.get("num_workers", 0) == 0:
+            for b in order:
+                yield self.dataset[b]
+            return
+        yield from torch.utils.data.DataLoader(
+            self.dataset, batch_size=None, sampler=order, collate_fn=_identity, worker_init_fn=_worker_init,
+            **self.loader_kwargs,
+        )
+
+
+def make_transform_for(spec: DataSpec):
+    """The pretraining transform of a spec (None for kinds without noise)."""
+    if spec.kind not in PRETRAIN_KINDS:
+        return None
+    from atomica_ray.data.transforms import make_transform
+
+    return make_transform(spec)
+
+
+def make_loader(spec: DataSpec, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1,
+                start_batch: int = 0, shuffle: bool = True, num_workers: int = 0, pin_memory: bool = False,
+                prefetch_factor: int | None = None, multiprocessing_context=None) -> EpochLoader:
+    """This rank's loader for one epoch: batches are a pure function of (dataset, spec, seed, epoch, rank,
+    world_size), so a run resumed at `start_batch=b` sees exactly batches b, b+1, ... of the full run."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"make_loader: rank {rank} outside 0..{world_size - 1}")
+    items = open_dataset(spec.path, spec.allow_pickle, spec.fragmentation_method)
+    labels = item_labels(items, spec.kind)
+    groups = None
+    if spec.balance == "label":
+        groups = labels if labels is not None else items.index["label"]
+        if np.isnan(groups).any():
+            raise DataError(f"{items.path}: balance='label' needs a label on every item")
+    elif spec.balance == "modality":
+        groups = items.index["modality"]
+    plan = plan_epoch(items.index, spec.kind, spec.max_n_vertex_per_gpu, spec.max_n_vertex_per_item, seed, epoch,
+                      world_size, shuffle=shuffle, balance=spec.balance, groups=groups)
+    batches = EpochBatches(items, plan.rank_batches(rank), plan.crop_to, labels, spec, seed, epoch,
+                           make_transform_for(spec))
+    if not 0 <= start_batch <= len(batches):
+        raise ValueError(f"make_loader: start_batch {start_batch} outside 0..{len(batches)}")
+    kwargs: dict = {"num_workers": num_workers, "pin_memory": pin_memory}
+    if num_workers:
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+        if multiprocessing_context is not None:
+            kwargs["multiprocessing_context"] = multiprocessing_context
+    return EpochLoader(batches, plan, start_batch, kwargs)

@@ -1,0 +1,486 @@
+"""Parquet datasets of ATOMICA items: write (atomic), stream, and random access.
+
+A dataset is a directory:
+    items.parquet   one row per item, list columns, row groups of `row_group_items` rows (64 by default: a
+                    shuffled batch touches a few small row groups rather than one huge one)
+    dataset.json    format name, schema version, item count, row groups, sources, summary statistics
+
+Columns of items.parquet (schema version 1):
+    id                                   string
+    n_blocks, n_atoms                    int32   size index: batch planning reads only these small columns
+    n_blocks0, n_atoms0, n_atoms1        int32   blocks of segment 0, atoms per segment (global atoms included)
+    n_rot0, n_rot1                       int32   rotatable bonds per segment (torsion kinds drop items without)
+    n_mask0, n_mask1                     int32   maskable (non-special) blocks per segment
+    X                                    list<float32>  flattened [n_atoms, 3]
+    B, block_lengths                     list<int32>
+    A, atom_positions, segment_ids       list<int8>
+    torsion_mask                         binary  JSON of the record's torsion masks (bool masks as 0/1), or null
+    block_embeddings, block_embeddings0, block_embeddings1
+                                         list<float32> flattened [rows, dim] (dim in dataset.json), or null
+    label, affinity                      float64 (null when absent)
+    modality                             int32 (null when absent)
+    dist_th                              float32 (null when absent)
+    b2p_blocks, b2p_residues             list<int32>, list<string>: block_to_pdb_indexes, or null
+
+Writing goes to a temporary sibling directory that is renamed to the target only when complete, so a failed
+conversion leaves nothing at the target and an existing dataset is replaced only by a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from atomica_ray.data.items import EMBEDDING_KEYS, DataError, ignored_keys, iter_raw_items, validate_item
+from atomica_ray.data.vocab import GLB, get_vocab
+
+FORMAT = "atomica-ray-items"
+SCHEMA_VERSION = 1
+ITEMS_FILE = "items.parquet"
+META_FILE = "dataset.json"
+DEFAULT_ROW_GROUP_ITEMS = 64
+
+SIZE_COLUMNS = ("n_blocks", "n_atoms", "n_blocks0", "n_atoms0", "n_atoms1", "n_rot0", "n_rot1", "n_mask0", "n_mask1")
+INDEX_COLUMNS = SIZE_COLUMNS + ("label", "affinity", "modality")
+
+_LIST_TYPES = {
+    "X": pa.float32(),
+    "B": pa.int32(),
+    "A": pa.int8(),
+    "atom_positions": pa.int8(),
+    "block_lengths": pa.int32(),
+    "segment_ids": pa.int8(),
+}
+
+SCHEMA = pa.schema(
+    [pa.field("id", pa.string(), nullable=False)]
+    + [pa.field(c, pa.int32(), nullable=False) for c in SIZE_COLUMNS]
+    + [pa.field(k, pa.list_(t), nullable=False) for k, t in _LIST_TYPES.items()]
+    + [pa.field("torsion_mask", pa.binary())]
+    + [pa.field(k, pa.list_(pa.float32())) for k in EMBEDDING_KEYS]
+    + [
+        pa.field("label", pa.float64()),
+        pa.field("affinity", pa.float64()),
+        pa.field("modality", pa.int32()),
+        pa.field("dist_th", pa.float32()),
+        pa.field("b2p_blocks", pa.list_(pa.int32())),
+        pa.field("b2p_residues", pa.list_(pa.string())),
+    ],
+    metadata={b"atomica_ray.format": FORMAT.encode(), b"atomica_ray.schema_version": str(SCHEMA_VERSION).encode()},
+)
+
+
+# --- records -> Arrow ---------------------------------------------------------------------------
+
+def _segment_counts(r: dict) -> dict:
+    seg, B = r["segment_ids"], r["B"]
+    atoms_per_block = r["block_lengths"]
+    n_rot = [0, 0]
+    for s, entry in enumerate(r["torsion_mask"] or []):
+        if entry is None or s > 1:
+            continue
+        if entry["type"] == 0:
+            n_rot[s] = sum(len(e) for e in entry["edges"] if e is not None)
+        elif entry["edges"] is not None:
+            n_rot[s] = len(entry["edges"])
+    maskable = B > GLB
+    return {
+        "n_blocks": len(B),
+        "n_atoms": len(r["A"]),
+        "n_blocks0": int(np.sum(seg == 0)),
+        "n_atoms0": int(atoms_per_block[seg == 0].sum()),
+        "n_atoms1": int(atoms_per_block[seg == 1].sum()),
+        "n_rot0": n_rot[0],
+        "n_rot1": n_rot[1],
+        "n_mask0": int(np.sum(maskable & (seg == 0))),
+        "n_mask1": int(np.sum(maskable & (seg == 1))),
+    }
+
+
+def _torsion_json(tm) -> bytes | None:
+    if tm is None:
+        return None
+
+    def arr(a, dtype):
+        return None if a is None else np.ascontiguousarray(a, dtype=dtype)
+
+    out = []
+    for entry in tm:
+        if entry is None:
+            out.append(None)
+        elif entry["type"] == 0:
+            out.append({
+                "type": 0,
+                "edges": [arr(e, np.int64) for e in entry["edges"]],
+                "mask_rotate": [arr(m, np.uint8) for m in entry["mask_rotate"]],
+            })
+        else:
+            out.append({"type": 1, "edges": arr(entry["edges"], np.int64), "mask_rotate": arr(entry["mask_rotate"], np.uint8)})
+    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_torsion_mask(blob: bytes | None):
+    """Inverse of the writer's encoding: per-segment dicts with int64 edges and bool masks (or None)."""
+    if blob is None:
+        return None
+    out = []
+    for entry in orjson.loads(blob):
+        if entry is None:
+            out.append(None)
+        elif entry["type"] == 0:
+            out.append({
+                "type": 0,
+                "edges": [None if e is None else np.array(e, dtype=np.int64) for e in entry["edges"]],
+                "mask_rotate": [None if m is None else np.array(m, dtype=bool) for m in entry["mask_rotate"]],
+            })
+        else:
+            e, m = entry["edges"], entry["mask_rotate"]
+            out.append({
+                "type": 1,
+                "edges": None if e is None else np.array(e, dtype=np.int64).reshape(-1, 2),
+                "mask_rotate": None if m is None else np.array(m, dtype=bool),
+            })
+    return out
+
+
+def _list_array(values: list[np.ndarray | None], value_type: pa.DataType) -> pa.Array:
+    """A list<value_type> column from per-row flat numpy arrays (None = null row)."""
+    lengths = np.array([0 if v is None else v.size for v in values], dtype=np.int64)
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    present = [v.reshape(-1) for v in values if v is not None]
+    flat = np.concatenate(present) if present else np.zeros(0)
+    flat = pa.array(flat.astype(value_type.to_pandas_dtype(), copy=False), type=value_type)
+    nulls = [v is None for v in values]
+    mask = pa.array(nulls, type=pa.bool_()) if any(nulls) else None
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), flat, mask=mask)
+
+
+def records_to_table(records: list[dict]) -> pa.Table:
+    counts = [_segment_counts(r) for r in records]
+    cols: dict[str, pa.Array] = {"id": pa.array([r["id"] for r in records], type=pa.string())}
+    for c in SIZE_COLUMNS:
+        cols[c] = pa.array(np.array([n[c] for n in counts], dtype=np.int32))
+    for k, t in _LIST_TYPES.items():
+        cols[k] = _list_array([r[k] for r in records], t)
+    cols["torsion_mask"] = pa.array([_torsion_json(r["torsion_mask"]) for r in records], type=pa.binary())
+    for k in EMBEDDING_KEYS:
+        cols[k] = _list_array([r.get(k) for r in records], pa.float32())
+    cols["label"] = pa.array([r["label"] for r in records], type=pa.float64())
+    cols["affinity"] = pa.array([r["affinity"] for r in records], type=pa.float64())
+    cols["modality"] = pa.array([r["modality"] for r in records], type=pa.int32())
+    cols["dist_th"] = pa.array([r["dist_th"] for r in records], type=pa.float32())
+    b2p = [r["block_to_pdb_indexes"] for r in records]
+    cols["b2p_blocks"] = _list_array([None if d is None else np.array(list(d.keys()), dtype=np.int32) for d in b2p], pa.int32())
+    cols["b2p_residues"] = pa.array([None if d is None else list(d.values()) for d in b2p], type=pa.list_(pa.string()))
+    return pa.Table.from_arrays([cols[f.name] for f in SCHEMA], schema=SCHEMA)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+class _Summary:
+    """Statistics gathered while writing, saved in dataset.json."""
+
+    def __init__(self):
+        self.n_items = 0
+        self.row_groups: list[int] = []
+        self.embedding_dims: dict[str, int] = {}
+        self.max_block_type = -1
+        self.label_integral = True
+        self.n_labels = 0
+
+    def add(self, records: list[dict], where: str) -> None:
+        for r in records:
+            for k in EMBEDDING_KEYS:
+                if k in r:
+                    dim = r[k].shape[1]
+                    if self.embedding_dims.setdefault(k, dim) != dim:
+                        raise DataError(f"{where}, item id {r['id']!r}, field {k}: width {dim} differs from "
+                                        f"{self.embedding_dims[k]} of earlier items")
+            self.max_block_type = max(self.max_block_type, int(r["B"].max()))
+            if r["label"] is not None:
+                self.n_labels += 1
+                self.label_integral &= isinstance(r["label"], int)
+        self.n_items += len(records)
+        self.row_groups.append(len(records))
+
+
+def write_dataset(
+    records: Iterable[tuple[str, dict]],
+    out_dir: str,
+    *,
+    row_group_items: int = DEFAULT_ROW_GROUP_ITEMS,
+    overwrite: bool = False,
+    extra_meta=None,
+) -> dict:
+    """Write (source, record) pairs to a Parquet dataset at `out_dir`; returns the dataset.json content.
+
+    `extra_meta`: a callable returning more dataset.json entries, called once every record is written.
+    Raises before writing anything if `out_dir` exists and `overwrite` is False. Any error while writing
+    removes the temporary output and leaves `out_dir` as it was."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir}: already exists; choose another --out or pass --overwrite")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        summary = _Summary()
+        writer = pq.ParquetWriter(os.path.join(tmp, ITEMS_FILE), SCHEMA, compression="zstd")
+        try:
+            chunk: list[dict] = []
+            src = ""
+            for src, rec in records:
+                chunk.append(rec)
+                if len(chunk) == row_group_items:
+                    summary.add(chunk, src)
+                    writer.write_table(records_to_table(chunk), row_group_size=row_group_items)
+                    chunk = []
+            if chunk:
+                summary.add(chunk, src)
+                writer.write_table(records_to_table(chunk), row_group_size=row_group_items)
+        finally:
+            writer.close()
+        if summary.n_items == 0:
+            raise DataError("no items to write: the sources are empty")
+        meta = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "n_items": summary.n_items,
+            "files": [{"name": ITEMS_FILE, "n_items": summary.n_items, "row_groups": summary.row_groups}],
+            "embedding_dims": summary.embedding_dims,
+            "max_block_type": summary.max_block_type,
+            "label_kind": None if summary.n_labels == 0 else ("int" if summary.label_integral else "float"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(extra_meta() if extra_meta else {}),
+        }
+        with open(os.path.join(tmp, META_FILE), "w") as f:
+            json.dump(meta, f, indent=1)
+        _replace_dir(tmp, out_dir)
+        return meta
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(src: str, dst: str) -> None:
+    """Move the finished `src` to `dst`; an existing `dst` is moved aside first and removed only afterwards."""
+    if not os.path.exists(dst):
+        os.rename(src, dst)
+        return
+    old = f"{dst}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(dst, old)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.rename(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def convert(
+    sources: list[str],
+    out_dir: str,
+    *,
+    allow_pickle: bool = False,
+    fragmentation_method: str | None = "PS_300",
+    row_group_items: int = DEFAULT_ROW_GROUP_ITEMS,
+    overwrite: bool = False,
+) -> dict:
+    """Validate every item of the ATOMICA files `sources` and write them, in order, to a Parquet dataset."""
+    if not sources:
+        raise DataError("convert: no source files given")
+    for s in sources:
+        if not os.path.isfile(s):
+            raise DataError(f"{s}: no such file")
+    if os.path.exists(os.path.abspath(out_dir)) and not overwrite:
+        raise FileExistsError(f"{os.path.abspath(out_dir)}: already exists; choose another --out or pass --overwrite")
+    num_block_types = len(get_vocab(fragmentation_method))
+    ignored: set[str] = set()
+    meta_sources = []
+
+    def pairs() -> Iterator[tuple[str, dict]]:
+        for src in sources:
+            st = os.stat(src)
+            entry = {"path": os.path.abspath(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "n_items": 0}
+            meta_sources.append(entry)
+            for i, raw in enumerate(iter_raw_items(src, allow_pickle)):
+                rec = validate_item(raw, src, i, num_block_types)
+                ignored.update(ignored_keys(raw))
+                entry["n_items"] += 1
+                yield src, rec
+
+    def extra_meta() -> dict:
+        meta = {"fragmentation_method": fragmentation_method, "sources": meta_sources}
+        if ignored:
+            meta["ignored_keys"] = sorted(ignored)
+        return meta
+
+    return write_dataset(pairs(), out_dir, row_group_items=row_group_items, overwrite=overwrite, extra_meta=extra_meta)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+class _DecodedGroup:
+    """One row group as flat numpy arrays + offsets: items are slices, no per-atom Python work."""
+
+    def __init__(self, table: pa.Table):
+        self.n = table.num_rows
+        self.ids = table.column("id").to_pylist()
+        self.lists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        for name in list(_LIST_TYPES) + list(EMBEDDING_KEYS) + ["b2p_blocks"]:
+            arr = table.column(name).combine_chunks()
+            offsets = arr.offsets.to_numpy()
+            values = arr.values.to_numpy(zero_copy_only=False)
+            valid = None if arr.null_count == 0 else arr.is_valid().to_numpy(zero_copy_only=False)
+            self.lists[name] = (offsets, values, valid)
+        self.torsion = table.column("torsion_mask").to_pylist()
+        self.scalars = {k: table.column(k).to_pylist() for k in ("label", "affinity", "modality", "dist_th")}
+        self.b2p_residues = table.column("b2p_residues").to_pylist()
+
+    def _slice(self, name: str, row: int) -> np.ndarray | None:
+        offsets, values, valid = self.lists[name]
+        if valid is not None and not valid[row]:
+            return None
+        return values[offsets[row]:offsets[row + 1]]
+
+    def record(self, row: int, embedding_dims: dict, label_int: bool) -> dict:
+        s = self._slice
+        rec = {
+            "id": self.ids[row],
+            "X": s("X", row).reshape(-1, 3).copy(),
+            "B": s("B", row).astype(np.int64),
+            "A": s("A", row).astype(np.int64),
+            "atom_positions": s("atom_positions", row).astype(np.int64),
+            "block_lengths": s("block_lengths", row).astype(np.int64),
+            "segment_ids": s("segment_ids", row).astype(np.int64),
+            "torsion_mask": decode_torsion_mask(self.torsion[row]),
+        }
+        for k in EMBEDDING_KEYS:
+            v = s(k, row)
+            if v is not None:
+                rec[k] = v.reshape(-1, embedding_dims[k]).copy()
+        for k, vals in self.scalars.items():
+            rec[k] = vals[row]
+        if label_int and rec["label"] is not None:
+            rec["label"] = int(rec["label"])
+        blocks = s("b2p_blocks", row)
+        rec["block_to_pdb_indexes"] = None if blocks is None else dict(zip(blocks.tolist(), self.b2p_residues[row]))
+        return rec
+
+
+class ParquetItems:
+    """Random access to the items of a Parquet dataset directory.
+
+    Opening reads dataset.json and the small size / label columns only (the size index); item data is read one
+    row group at a time and the last few decoded row groups are kept per process. Picklable (open file handles
+    are not carried), so torch DataLoader workers can each hold one."""
+
+    def __init__(self, path: str, cache_groups: int = 8):
+        self.path = os.path.abspath(os.fspath(path))
+        meta_path = os.path.join(self.path, META_FILE)
+        if not os.path.isfile(meta_path):
+            raise DataError(f"{self.path}: not an atomica-ray dataset (no {META_FILE}); convert ATOMICA files with "
+                            "`atomica-ray convert`")
+        with open(meta_path) as f:
+            self.meta = json.load(f)
+        if self.meta.get("format") != FORMAT:
+            raise DataError(f"{meta_path}: format {self.meta.get('format')!r} is not {FORMAT!r}")
+        if self.meta.get("schema_version") != SCHEMA_VERSION:
+            raise DataError(f"{meta_path}: schema version {self.meta.get('schema_version')} is not supported "
+                            f"(this atomica-ray reads version {SCHEMA_VERSION}); re-run `atomica-ray convert`")
+        self.files = [os.path.join(self.path, f["name"]) for f in self.meta["files"]]
+        # global item index -> (file, row group, row): cumulative starts of every row group
+        starts, where = [0], []
+        for fi, f in enumerate(self.meta["files"]):
+            for gi, n in enumerate(f["row_groups"]):
+                where.append((fi, gi))
+                starts.append(starts[-1] + n)
+        self._group_where = where
+        self._group_starts = np.array(starts, dtype=np.int64)
+        self.embedding_dims = dict(self.meta.get("embedding_dims", {}))
+        self.label_int = self.meta.get("label_kind") == "int"
+        self.index = self._read_index()
+        self.cache_groups = cache_groups
+        self._handles: dict[int, pq.ParquetFile] = {}
+        self._cache: OrderedDict[int, _DecodedGroup] = OrderedDict()
+
+    def _read_index(self) -> dict[str, np.ndarray]:
+        parts = []
+        for f in self.files:
+            try:
+                parts.append(pq.read_table(f, columns=list(INDEX_COLUMNS)))
+            except (OSError, pa.ArrowException) as e:
+                raise DataError(f"{f}: cannot read the size index ({e})") from e
+        table = pa.concat_tables(parts)
+        if table.num_rows != self.meta["n_items"]:
+            raise DataError(f"{self.path}: {table.num_rows} rows but {META_FILE} says {self.meta['n_items']}")
+        index = {c: table.column(c).to_numpy() for c in SIZE_COLUMNS}
+        for c in ("label", "affinity"):
+            col = table.column(c)
+            index[c] = col.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
+        mod = table.column("modality")
+        index["modality"] = mod.fill_null(-1).to_numpy().astype(np.int64)
+        return index
+
+    def __len__(self) -> int:
+        return int(self.meta["n_items"])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handles"], state["_cache"] = {}, OrderedDict()
+        return state
+
+    def _group(self, g: int) -> _DecodedGroup:
+        if g in self._cache:
+            self._cache.move_to_end(g)
+            return self._cache[g]
+        fi, gi = self._group_where[g]
+        if fi not in self._handles:
+            self._handles[fi] = pq.ParquetFile(self.files[fi])
+        try:
+            table = self._handles[fi].read_row_group(gi)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{self.files[fi]}: cannot read row group {gi} ({e})") from e
+        group = _DecodedGroup(table)
+        self._cache[g] = group
+        while len(self._cache) > self.cache_groups:
+            self._cache.popitem(last=False)
+        return group
+
+    def get(self, indices) -> list[dict]:
+        """Records of the given global item indices, in that order (row groups read once each)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"{self.path}: item index out of range 0..{len(self) - 1}")
+        groups = np.searchsorted(self._group_starts, indices, side="right") - 1
+        out: list[dict | None] = [None] * len(indices)
+        for g in np.unique(groups):
+            dec = self._group(int(g))
+            for j in np.nonzero(groups == g)[0]:
+                out[j] = dec.record(int(indices[j] - self._group_starts[g]), self.embedding_dims, self.label_int)
+        return out  # type: ignore[return-value]
+
+    def __getitem__(self, i: int) -> dict:
+        return self.get([i])[0]
+
+    def iter_records(self) -> Iterator[dict]:
+        """Stream every item in order, one row group in memory at a time."""
+        for g in range(len(self._group_where)):
+            fi, gi = self._group_where[g]
+            if fi not in self._handles:
+                self._handles[fi] = pq.ParquetFile(self.files[fi])
+            dec = _DecodedGroup(self._handles[fi].read_row_group(gi))
+            for row in range(dec.n):
+                yield dec.record(row, self.embedding_dims, self.label_int)
