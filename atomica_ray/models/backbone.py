@@ -1,0 +1,250 @@
+"""The two-level encoder that every ATOMICA model shares (atomica-reference.md §2.2).
+
+atoms --k-NN graph--> atom encoder --> unit_repr
+   \\--> cross-attention into their block --> block encoder on block centroids --> block_repr
+                                                      \\--> attention pooling --> graph_repr
+
+Module names are ATOMICA's, so its state dicts load strictly. Two defects of the original are switchable and
+recorded in `get_config()` when they differ from ATOMICA (absent keys mean ATOMICA's behaviour):
+  unk_is_global    UNK blocks (index 2, equal to the global *atom* index) count as global nodes when building
+                   graphs (atomica-reference.md §5 item 1). ATOMICA: True. Fixed: False.
+  attention_mask   cross-attention and attention pooling ignore padding instead of attending to zero vectors, so
+                   an item's outputs no longer depend on the rest of its batch (§5 item 2). ATOMICA: False.
+                   Fixed: True.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from ..data.vocab import ATOM_GLOBAL, GLB, MODALITIES, UNK, get_vocab
+from .attention import AttentionPooling, CrossAttention
+from .graphs import ItemLayout, knn_graph, radius_graph
+from .interaction import ATOMICAEncoder
+from .scatter import scatter_mean, scatter_sum
+
+# What ATOMICA itself does; a config without these keys was written by ATOMICA (or reproduces it).
+ATOMICA_BEHAVIOUR = {"unk_is_global": True, "attention_mask": False}
+FIXED_BEHAVIOUR = {"unk_is_global": False, "attention_mask": True}
+
+
+@dataclass
+class Encoding:
+    """What the encoder computes for a batch; readable as attributes or as keys."""
+
+    unit_repr: torch.Tensor  # [Na, atom_hidden], unit norm
+    block_repr: torch.Tensor  # [Nb, block_hidden], unit norm
+    graph_repr: torch.Tensor | None  # [n_items, block_hidden], unit norm
+    batch_id: torch.Tensor  # [Nb] item of each block
+    block_id: torch.Tensor  # [Na] block of each atom
+    # raw denoising predictions of the atom encoder (pretraining only)
+    trans_noise: torch.Tensor | None = None  # [n_items, 3]
+    rot_noise: torch.Tensor | None = None  # [n_items, 3]
+    atom_noise: torch.Tensor | None = None  # [Na, 3]
+    tor_noise: torch.Tensor | None = None  # [n_bonds]
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+    def keys(self):
+        return [f.name for f in fields(self)]
+
+
+class BlockEmbedding(nn.Module):
+    """Learned embeddings of atom types and block types (parameter names as ATOMICA's)."""
+
+    def __init__(self, num_block_type: int, num_atom_type: int, atom_embed_size: int, block_embed_size: int):
+        super().__init__()
+        self.block_embedding = nn.Embedding(num_block_type, block_embed_size)
+        self.atom_embedding = nn.Embedding(num_atom_type, atom_embed_size)
+
+
+def _feature_projector(nonlinearity, in_size: int, hidden: int, out_size: int, n_layers: int, dropout: float):
+    """[act, dropout, Linear] x n_layers: in -> hidden -> ... -> out (ATOMICA's block-embedding projectors)."""
+    sizes = [in_size] + [hidden] * (n_layers - 1) + [out_size]
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nonlinearity(), nn.Dropout(dropout), nn.Linear(a, b)]
+    return nn.Sequential(*layers)
+
+
+class AtomicaBackbone(nn.Module):
+    """Embeddings, both graph levels, both encoders, the atom -> block attention and the pooling."""
+
+    def __init__(self, atom_hidden_size: int, block_hidden_size: int, edge_size: int = 16, k_neighbors: int = 9,
+                 n_layers: int = 3, dropout: float = 0.0, bottom_global_message_passing: bool = False,
+                 global_message_passing: bool = False, fragmentation_method: str | None = None, *,
+                 atom_noise: bool = False, translation_noise: bool = False, rotation_noise: bool = False,
+                 torsion_noise: bool = False, modality_embedding: bool = False,
+                 unk_is_global: bool = FIXED_BEHAVIOUR["unk_is_global"],
+                 attention_mask: bool = FIXED_BEHAVIOUR["attention_mask"]):
+        super().__init__()
+        self.atom_hidden_size = atom_hidden_size
+        self.hidden_size = block_hidden_size
+        self.edge_size = edge_size
+        self.n_layers = n_layers
+        self.dropout = dropout
+        self.k_neighbors = k_neighbors
+        self.global_message_passing = global_message_passing
+        self.bottom_global_message_passing = bottom_global_message_passing
+        self.fragmentation_method = fragmentation_method
+        self.atom_noise, self.translation_noise = atom_noise, translation_noise
+        self.rotation_noise, self.torsion_noise = rotation_noise, torsion_noise
+        self.use_modality_embedding = modality_embedding
+        self.unk_is_global = bool(unk_is_global)
+        self.attention_mask = bool(attention_mask)
+        self.global_block_id = GLB
+
+        vocab = get_vocab(fragmentation_method)
+        self.block_embedding = BlockEmbedding(len(vocab), vocab.num_atom_types, atom_hidden_size, block_hidden_size)
+        if modality_embedding:
+            self.modality_embedding = nn.Embedding(len(MODALITIES), block_hidden_size)
+        # edge types: 0 intra, 1 inter, 2 global-normal, 3 global-global
+        self.edge_embedding_bottom = nn.Embedding(4, edge_size)
+        self.edge_embedding_top = nn.Embedding(4, edge_size)
+        self.encoder = ATOMICAEncoder(
+            atom_hidden_size, edge_size, n_layers=n_layers, dropout=dropout, return_atom_noise=atom_noise,
+            return_global_noise=translation_noise or rotation_noise, return_torsion_noise=torsion_noise,
+            max_torsion_neighbors=k_neighbors, max_edge_length=5, max_global_edge_length=20,
+            max_torsion_edge_length=5,
+        )
+        self.top_encoder = ATOMICAEncoder(block_hidden_size, edge_size, n_layers=n_layers, dropout=dropout,
+                                          max_edge_length=5)
+        self.atom_block_attn = CrossAttention(block_hidden_size, atom_hidden_size, block_hidden_size, num_heads=4,
+                                              dropout=dropout)
+        self.atom_block_attn_norm = nn.LayerNorm(block_hidden_size)
+        self.attention_pooling = AttentionPooling(block_hidden_size, num_heads=4, dropout=dropout, num_layers=4)
+
+    # --- configuration ----------------------------------------------------------------------------------------
+    def encoder_config(self) -> dict:
+        """ATOMICA's PredictionModel keys, in ATOMICA's order."""
+        return {
+            "atom_hidden_size": self.atom_hidden_size,
+            "block_hidden_size": self.hidden_size,
+            "edge_size": self.edge_size,
+            "n_layers": self.n_layers,
+            "dropout": self.dropout,
+            "k_neighbors": self.k_neighbors,
+            "global_message_passing": self.global_message_passing,
+            "bottom_global_message_passing": self.bottom_global_message_passing,
+            "fragmentation_method": self.fragmentation_method,
+        }
+
+    def behaviour_config(self) -> dict:
+        """The defect flags, only where they differ from ATOMICA (so ATOMICA-numerics configs stay ATOMICA's)."""
+        current = {"unk_is_global": self.unk_is_global, "attention_mask": self.attention_mask}
+        return {k: v for k, v in current.items() if v != ATOMICA_BEHAVIOUR[k]}
+
+    # --- block-embedding features (optional external per-block inputs) ------------------------------------
+    def _init_block_features(self, nonlinearity, block_embedding_size, block_embedding0_size, block_embedding1_size,
+                             num_projector_layers, projector_hidden_size, projector_dropout, post: bool):
+        """Projectors of external block features and mixers with the block state (ATOMICA's module names)."""
+        h = self.hidden_size
+
+        def add(name: str, size: int):
+            setattr(self, name.format(kind="projector"), _feature_projector(
+                nonlinearity, size, projector_hidden_size, h, num_projector_layers, projector_dropout))
+            setattr(self, name.format(kind="mixing_ffn"), _feature_projector(
+                nonlinearity, 2 * h, 2 * h, h, num_projector_layers, projector_dropout))
+
+        for stage in ("pre", "post") if post else ("pre",):
+            if block_embedding_size:
+                add(stage + "_{kind}", block_embedding_size)
+            if block_embedding0_size and block_embedding1_size:
+                add(stage + "_{kind}0", block_embedding0_size)
+                add(stage + "_{kind}1", block_embedding1_size)
+
+    def _mix_block_features(self, stage: str, h: torch.Tensor, segment_ids: torch.Tensor, features: dict):
+        """h [Nb, H] mixed with projected external block features, if this model has the `stage` mixers."""
+        if hasattr(self, f"{stage}_projector"):
+            proj = getattr(self, f"{stage}_projector")(features["block_embeddings"])
+            return getattr(self, f"{stage}_mixing_ffn")(torch.cat([h, proj], dim=-1))
+        if hasattr(self, f"{stage}_projector0"):
+            out = h.clone()
+            for seg in (0, 1):
+                rows = segment_ids == seg
+                proj = getattr(self, f"{stage}_projector{seg}")(features[f"block_embeddings{seg}"])
+                # rows of segment `seg`, written back in place (ATOMICA concatenates segment 0 then 1, which
+                # reorders blocks whenever a batch holds more than one item)
+                out[rows] = getattr(self, f"{stage}_mixing_ffn{seg}")(torch.cat([h[rows], proj], dim=-1))
+            return out
+        return h
+
+    # --- the encoder ------------------------------------------------------------------------------------------
+    def _encode(self, Z, B, A, block_lengths, lengths, segment_ids, *, modality=None, perturb_mask=None,
+                tor_edges=None, tor_batch=None, block_features=None, return_graph_repr=True) -> Encoding:
+        device = Z.device
+        n_items, nb, na = lengths.shape[0], B.shape[0], A.shape[0]
+        batch_id = torch.repeat_interleave(torch.arange(n_items, device=device), lengths, output_size=nb)  # [Nb]
+        block_id = torch.repeat_interleave(torch.arange(nb, device=device), block_lengths, output_size=na)  # [Na]
+        atoms_per_item = scatter_sum(block_lengths, batch_id, n_items)  # [n_items]
+        pooled = torch.ones_like(B, dtype=torch.bool) if self.global_message_passing else B != GLB  # [Nb]
+        pooled_per_item = scatter_sum(pooled.long(), batch_id, n_items)
+        # the one host sync of the forward pass: tile sizes of the graphs and the pooling
+        max_blocks, max_atoms, max_pooled = torch.stack(
+            [lengths.max(), atoms_per_item.max(), pooled_per_item.max()]).tolist()
+        block_layout = ItemLayout(item=batch_id, start=torch.cumsum(lengths, 0) - lengths, size=lengths,
+                                  max_size=max_blocks)
+        atom_layout = ItemLayout.from_sizes(atoms_per_item, na, max_atoms)
+        atom_item = batch_id[block_id]  # [Na]
+
+        is_global = B == GLB
+        if self.unk_is_global:
+            is_global = is_global | (B == UNK)
+
+        # embeddings
+        h_atom = self.block_embedding.atom_embedding(A)  # [Na, atom_hidden]
+        h_block = self.block_embedding.block_embedding(B)  # [Nb, hidden]
+        if block_features is not None:
+            h_block = self._mix_block_features("pre", h_block, segment_ids, block_features)
+        if self.use_modality_embedding:
+            glb = (B == GLB).unsqueeze(1).to(h_block.dtype)
+            h_block = h_block + glb * self.modality_embedding(modality[batch_id])
+
+        # atom level
+        edges, edge_type = knn_graph(Z, segment_ids[block_id], is_global[block_id], atom_layout, self.k_neighbors,
+                                     global_edges=self.bottom_global_message_passing)
+        unit_repr, node_attr, node_emb, geometry = self.encoder(h_atom, Z, edges,
+                                                                self.edge_embedding_bottom(edge_type))
+        out = {}
+        module = self.encoder.encoder
+        if perturb_mask is not None and module.return_global_noise:
+            out["trans_noise"], out["rot_noise"] = module.global_noise(node_attr, Z, atom_item, perturb_mask,
+                                                                       n_items)
+        if perturb_mask is not None and module.return_atom_noise:
+            out["atom_noise"] = module.atom_noise(node_attr, edges, self.edge_embedding_bottom(edge_type), geometry)
+        if tor_edges is not None and module.return_torsion_noise and tor_edges.numel() > 0:
+            bond_pos = (Z[tor_edges[1]] + Z[tor_edges[0]]) / 2
+            radius_edges = radius_graph(bond_pos, tor_batch, Z, atom_layout, module.tor_max_radius,
+                                        module.tor_max_neighbors)
+            out["tor_noise"] = module.torsion_noise(node_attr, node_emb, Z, tor_edges, tor_batch, radius_edges)
+
+        # atoms -> blocks
+        top_Z = scatter_mean(Z, block_id, nb)  # [Nb, 3] block centroids
+        kv_valid = None if self.bottom_global_message_passing else A != ATOM_GLOBAL
+        h_block = self.atom_block_attn_norm(
+            h_block + self.atom_block_attn(h_block, unit_repr, block_id, kv_valid, masked=self.attention_mask))
+
+        # block level
+        edges, edge_type = knn_graph(top_Z, segment_ids, is_global, block_layout, self.k_neighbors,
+                                     global_edges=self.global_message_passing)
+        block_repr = self.top_encoder(h_block, top_Z, edges, self.edge_embedding_top(edge_type))[0]
+        if block_features is not None:
+            block_repr = self._mix_block_features("post", block_repr, segment_ids, block_features)
+
+        graph_repr = None
+        if return_graph_repr:
+            graph_repr = self.attention_pooling(block_repr, batch_id, block_layout.start, pooled, n_items, max_pooled,
+                                                masked=self.attention_mask)
+        return Encoding(unit_repr, block_repr, graph_repr, batch_id, block_id, **out)
+
+    def encode(self, batch: dict) -> Encoding:
+        """Representations of a batch in ATOMICA's format (keys X, B, A, block_lengths, lengths, segment_ids and,
+        where the model uses them, modality / block_embeddings*)."""
+        features = {k: batch.get(k) for k in ("block_embeddings", "block_embeddings0", "block_embeddings1")}
+        return self._encode(batch["X"], batch["B"], batch["A"], batch["block_lengths"], batch["lengths"],
+                            batch["segment_ids"], modality=batch.get("modality"),
+                            block_features=features if any(v is not None for v in features.values()) else None)

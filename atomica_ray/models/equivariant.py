@@ -1,0 +1,107 @@
+"""E(3)-equivariant building blocks of ATOMICA's interaction layers (`models/ATOMICA/utils.py`).
+
+Module and parameter names follow ATOMICA's so that its state dicts load strictly; the tensor products are e3nn's
+own modules, whose buffers (`tp.weight` [0], `tp.output_mask`, `tp._compiled_main_left_right._w3j_*`) are part of
+ATOMICA's checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from .scatter import scatter_mean
+
+
+class GaussianSmearing(nn.Module):
+    """Distance -> `n` Gaussians with centres evenly spaced on [start, stop] and width = their spacing."""
+
+    def __init__(self, start: float = 0.0, stop: float = 5.0, num_gaussians: int = 32):
+        super().__init__()
+        offset = torch.linspace(start, stop, num_gaussians)
+        self.coeff = -0.5 / (offset[1] - offset[0]).item() ** 2
+        self.register_buffer("offset", offset)
+
+    def forward(self, dist: torch.Tensor) -> torch.Tensor:
+        diff = dist.unsqueeze(-1) - self.offset  # [..., n]
+        return torch.exp(self.coeff * diff.pow(2))
+
+
+def distance_embedder(edge_size: int, stop: float, dropout: float) -> nn.Sequential:
+    """Gaussian smearing on [0, stop] then Linear, ReLU, Dropout, Linear (ATOMICA's edge length embedding)."""
+    return nn.Sequential(
+        GaussianSmearing(stop=stop, num_gaussians=edge_size),
+        nn.Linear(edge_size, edge_size),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(edge_size, edge_size),
+    )
+
+
+class EquivariantLayerNorm(nn.Module):
+    """Layer norm per irrep type (Equiformer's EquivariantLayerNormV2, 'component' normalisation):
+    even scalars are centred, every type is divided by the RMS of its components averaged over multiplicity, then
+    scaled per channel; even scalars get a bias."""
+
+    def __init__(self, irreps, eps: float = 1e-5):
+        super().__init__()
+        self.irreps = o3.Irreps(irreps)
+        self.eps = eps
+        num_scalar = sum(mul for mul, ir in self.irreps if ir.l == 0 and ir.p == 1)
+        self.affine_weight = nn.Parameter(torch.ones(self.irreps.num_irreps))
+        self.affine_bias = nn.Parameter(torch.zeros(num_scalar))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, irreps.dim]
+        fields = []
+        ix = iw = ib = 0
+        for mul, ir in self.irreps:
+            d = ir.dim
+            field = x.narrow(1, ix, mul * d).reshape(-1, mul, d)  # [N, mul, d]
+            ix += mul * d
+            even_scalar = ir.l == 0 and ir.p == 1
+            if even_scalar:
+                field = field - field.mean(dim=1, keepdim=True)
+            norm = field.pow(2).mean(-1).mean(dim=1, keepdim=True)  # [N, 1]
+            scale = (norm + self.eps).pow(-0.5) * self.affine_weight[None, iw : iw + mul]  # [N, mul]
+            iw += mul
+            field = field * scale.reshape(-1, mul, 1)
+            if even_scalar:
+                field = field + self.affine_bias[ib : ib + mul].reshape(mul, 1)
+                ib += mul
+            fields.append(field.reshape(-1, mul * d))
+        return torch.cat(fields, dim=-1)
+
+
+class TensorProductConv(nn.Module):
+    """One equivariant message-passing step (DiffDock-style): per-edge tensor-product weights from an MLP of the
+    edge features, messages `TP(h[sender], Y(edge))` averaged at the receiver, then equivariant layer norm.
+
+    `edges[0]` receives, `edges[1]` sends; `out_nodes` sets the number of receivers when they are not the nodes
+    themselves (bonds, item centres)."""
+
+    def __init__(self, in_irreps, sh_irreps, out_irreps, n_edge_features: int, hidden_features: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        hidden_features = hidden_features or n_edge_features
+        self.tp = o3.FullyConnectedTensorProduct(in_irreps, sh_irreps, out_irreps, shared_weights=False)
+        self.fc = nn.Sequential(
+            nn.Linear(n_edge_features, hidden_features),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_features, self.tp.weight_numel),
+        )
+        self.norm_layer = EquivariantLayerNorm(out_irreps)
+
+    def forward(self, node_attr: torch.Tensor, edges: torch.Tensor, edge_attr: torch.Tensor, edge_sh: torch.Tensor,
+                out_nodes: int | None = None) -> torch.Tensor:
+        receiver, sender = edges
+        weights = self.fc(edge_attr)  # [E, weight_numel]
+        message = self.tp(node_attr[sender], edge_sh, weights)  # [E, out_dim]
+        out = scatter_mean(message, receiver, out_nodes if out_nodes is not None else node_attr.shape[0])
+        return self.norm_layer(out)
+
+
+def spherical_harmonics(irreps, vec: torch.Tensor) -> torch.Tensor:
+    """Y(vec / |vec|) with 'component' normalisation, as ATOMICA calls e3nn."""
+    return o3.spherical_harmonics(irreps, vec, normalize=True, normalization="component")
