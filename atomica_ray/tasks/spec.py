@@ -1,0 +1,62 @@
+"""What a task tells the engine: one small record of plain functions, no base class.
+
+A task's `forward(model, batch)` returns `(loss, records)`: the loss to back-propagate and a dict of detached
+tensors whose first dimension counts whatever the metrics average over (items, masked blocks, or one row per
+batch). The engine concatenates `records` over the validation set of every rank and hands the numpy arrays to
+`metrics(records) -> {name: float}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from atomica_ray.train.config import TrainConfig
+
+Records = dict[str, "np.ndarray"]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    model_class: str  # ATOMICA class name (config.json "model_type")
+    data_kind: Callable[["TrainConfig"], str]  # DataSpec.kind for this config
+    model_kwargs: Callable[["TrainConfig"], dict[str, Any]]  # head/noise arguments on top of the encoder's
+    forward: Callable[["torch.nn.Module", dict], tuple["torch.Tensor", dict[str, "torch.Tensor"]]]
+    metrics: Callable[[Records], dict[str, float]]
+    selection_metric: str  # reported key the checkpoints and early stopping rank by
+    mode: str  # "min" | "max"
+    optimizer: str  # "adam" | "adamw" (ATOMICA's trainer for the task)
+    scheduler: str  # "exp_decay" | "cosine_restarts"
+    prediction_keys: tuple[str, ...] = ()  # records written by `atomica-ray predict` (besides label)
+
+
+def encoder_kwargs(cfg: "TrainConfig") -> dict[str, Any]:
+    """The constructor arguments every ATOMICA model shares."""
+    return dict(
+        atom_hidden_size=cfg.atom_hidden_size,
+        block_hidden_size=cfg.block_hidden_size,
+        edge_size=cfg.edge_size,
+        k_neighbors=cfg.k_neighbors,
+        n_layers=cfg.n_layers,
+        dropout=cfg.dropout,
+        bottom_global_message_passing=cfg.bottom_global_message_passing,
+        global_message_passing=cfg.global_message_passing,
+        fragmentation_method=cfg.fragmentation_method,
+    )
+
+
+def structure_inputs(batch: dict) -> dict:
+    """The encoder inputs of a batch, under the model's argument names."""
+    inputs = dict(
+        Z=batch["X"], B=batch["B"], A=batch["A"], block_lengths=batch["block_lengths"],
+        lengths=batch["lengths"], segment_ids=batch["segment_ids"],
+    )
+    for key in ("block_embeddings", "block_embeddings0", "block_embeddings1"):
+        if key in batch:
+            inputs[key] = batch[key]
+    return inputs

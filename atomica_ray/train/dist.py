@@ -1,0 +1,76 @@
+"""Data-parallel collectives of the engine (a no-op on one worker).
+
+The engine does not wrap the model in DistributedDataParallel. DDP all-reduces gradients inside `backward()`, so
+a rank that skips a batch (out of memory, non-finite loss) leaves the others waiting forever. Here each rank runs
+forward/backward alone, then ONE all-reduce per optimizer step carries the gradients together with the ranks'
+"bad step" flags and loss sums: every rank sees the same reduced buffer and takes the same decision, and
+parameters a batch leaves unused need no `find_unused_parameters`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def broadcast_state(model: torch.nn.Module) -> None:
+    """Make every rank start from rank 0's weights and buffers."""
+    if is_distributed():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+@dataclass
+class StepSummary:
+    oom: int  # ranks that ran out of memory in this step
+    nonfinite: int  # ranks whose loss was not finite
+    loss_sum: float  # sum over ranks and micro-batches of the loss
+    loss_count: float  # number of micro-batch losses in loss_sum
+    grads_finite: bool
+
+
+@torch.no_grad()
+def reduce_step(params: list[torch.nn.Parameter], oom: bool, nonfinite: bool, loss_sum: float, loss_count: int,
+                device: torch.device) -> StepSummary:
+    """Average the gradients of `params` over ranks and agree on the step's flags, in one all-reduce.
+
+    A parameter without a gradient contributes zeros, so every rank's buffer has the same layout.
+    """
+    world = dist.get_world_size() if is_distributed() else 1
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    sizes = [g.numel() for g in grads]
+    flat = torch.cat([g.reshape(-1).float() for g in grads] +
+                     [torch.tensor([float(oom), float(nonfinite), loss_sum, float(loss_count)], device=device)])
+    if world > 1:
+        dist.all_reduce(flat)
+    n_oom, n_nonfinite, total, count = flat[-4:].tolist()
+    grad_flat = flat[:-4] / world  # [n_params]
+    finite = bool(torch.isfinite(grad_flat).all())
+    if not (n_oom or n_nonfinite):
+        for p, g in zip(params, torch.split(grad_flat, sizes)):
+            p.grad = g.view_as(p).to(p.dtype)
+    return StepSummary(int(n_oom), int(n_nonfinite), total, count, finite)
+
+
+def gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every rank (pickled; for small things: metrics records, RNG states)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()

@@ -1,0 +1,426 @@
+"""The one training loop: `train_loop_per_worker(config)`, run by every Ray Train worker for every task.
+
+Per epoch: train on this rank's batches (gradient accumulation, autocast, one all-reduce per optimizer step that
+also agrees on skipped steps), validate on the whole validation set (records gathered from all ranks, so every
+rank computes the same metrics and takes the same early-stopping decision), then every rank calls
+`ray.train.report` with the metrics and rank 0's checkpoint. With `report_every_steps`, reports (and
+checkpoints, with the batch position) also happen inside an epoch.
+
+Resuming: `ray.train.get_checkpoint()` (a worker-group restart under FailureConfig, or a relaunch with the same
+storage path and name) restores everything, so the run continues at the next batch as if nothing happened.
+`init_checkpoint` starts a new run from another run's checkpoint, with this config's hyperparameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atomica_ray.tasks import get_task
+from atomica_ray.tasks.spec import Task, encoder_kwargs
+from atomica_ray.train import dist
+from atomica_ray.train.checkpoint import (
+    TrainState, read_history, read_train_state, rng_state, set_rng_state, write_checkpoint,
+)
+from atomica_ray.train.config import TrainConfig
+from atomica_ray.train.ema import EMA
+from atomica_ray.train.logging import RunLogger
+from atomica_ray.train.schedule import apply_hparams, build_optimizer, lr_at
+
+PRETRAIN_TASKS = ("pretrain_torsion", "pretrain_gaussian", "pretrain_torsion_masking", "masking")
+
+
+# --- building blocks ---------------------------------------------------------------------------------------------
+
+def seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig, task: Task) -> torch.nn.Module:
+    """A fresh model, or ATOMICA pretrained weights moved into the task's model class (fine-tuning)."""
+    from atomica_ray.models import create_model, load_atomica
+
+    if cfg.pretrain_config:
+        return load_atomica(cfg.pretrain_config, cfg.pretrain_weights, model_type=task.model_class,
+                            partial_finetune=cfg.partial_finetune, **finetune_overrides(cfg, task))
+    return create_model(task.name, **encoder_kwargs(cfg), **task.model_kwargs(cfg))
+
+
+def finetune_overrides(cfg: TrainConfig, task: Task) -> dict:
+    """What ATOMICA's create_model passes on top of a pretrained config: the head, and the graph settings the
+    fine-tuning run may change (k_neighbors, dropout, global message passing)."""
+    return dict(
+        k_neighbors=cfg.k_neighbors, dropout=cfg.dropout,
+        bottom_global_message_passing=cfg.bottom_global_message_passing,
+        global_message_passing=cfg.global_message_passing,
+        **task.model_kwargs(cfg),
+    )
+
+
+def data_spec(cfg: TrainConfig, task: Task, path: str, train: bool):
+    from atomica_ray.data import DataSpec
+
+    budget = cfg.max_n_vertex_per_gpu if train else (cfg.valid_max_n_vertex_per_gpu or cfg.max_n_vertex_per_gpu)
+    balance = None
+    if train and cfg.balanced_sampler:
+        balance = "modality" if task.name in PRETRAIN_TASKS else "label"
+    return DataSpec(
+        path=path, kind=task.data_kind(cfg), max_n_vertex_per_gpu=budget,
+        max_n_vertex_per_item=cfg.max_n_vertex_per_item, balance=balance,
+        fragmentation_method=cfg.fragmentation_method, allow_pickle=cfg.allow_pickle,
+        atom_noise=cfg.atom_noise or None, translation_noise=cfg.translation_noise or None,
+        rotation_noise=cfg.rotation_noise or None, max_rotation=cfg.max_rotation,
+        torsion_noise=cfg.torsion_noise or None, mask_proportion=cfg.mask_proportion or None,
+    )
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return batch
+
+
+def is_oom(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if cfg.precision == "fp16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def local_run_dir(name: str) -> Path:
+    """Where rank 0 writes the metrics history and logs: the Ray run directory when storage is local, else
+    ~/atomica-ray-runs/<name> on rank 0's node."""
+    import pyarrow.fs
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(storage.experiment_fs_path)
+    return Path.home() / "atomica-ray-runs" / name
+
+
+class BadStepsError(RuntimeError):
+    pass
+
+
+# --- the run of one worker ------------------------------------------------------------------------------------
+
+class WorkerRun:
+    """Model, optimizer, data and counters of one worker; `fit()` runs the epochs."""
+
+    def __init__(self, cfg: TrainConfig):
+        import ray.train
+        import ray.train.torch
+
+        self.cfg = cfg
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.name = ctx.get_experiment_name()
+        self.device = ray.train.torch.get_device()
+        self.task = get_task(cfg.task)
+        self.run_dir = local_run_dir(self.name)
+
+        resume = ray.train.get_checkpoint()
+        donor = None if resume is not None else cfg.init_checkpoint
+
+        seed_all(cfg.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg, self.task).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, cfg, self.task.optimizer)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16" and
+                                           self.device.type == "cuda")
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.state = TrainState(patience_left=cfg.patience_epochs)
+        history: list[dict] = []
+
+        if resume is not None:
+            with resume.as_directory() as path:
+                history = self._restore(Path(path), same_run=True)
+        elif donor:
+            self._restore(Path(donor), same_run=False)
+            seed_all(cfg.seed + 1000 * self.rank)
+        else:
+            seed_all(cfg.seed + 1000 * self.rank)  # each rank its own dropout stream
+        dist.broadcast_state(self.model)
+        if self.ema is not None and resume is None and donor is None:
+            self.ema = EMA(self.model, cfg.ema_decay)
+
+        self.train_spec = data_spec(cfg, self.task, cfg.train_set, train=True)
+        self.valid_spec = data_spec(cfg, self.task, cfg.valid_set, train=False) if cfg.valid_set else None
+        if self.state.total_steps == 0:
+            n0 = len(self._train_loader(epoch=0, start_batch=0))
+            self.state.total_steps = cfg.max_epoch * math.ceil(n0 / cfg.grad_accum)
+        self.logger = RunLogger(cfg, self.run_dir, self.name, enabled=self.rank == 0, history=history,
+                                wandb_id=self.state.wandb_id)
+        self.state.wandb_id = self.logger.wandb_id
+
+    # -- checkpoints --
+
+    def _restore(self, path: Path, same_run: bool) -> list[dict]:
+        """Load a checkpoint. `same_run`: this run's own (counters, RNG, history); else a donor's (PBT): weights,
+        optimizer moments, EMA and counters, with this config's hyperparameters put back on top."""
+        from atomica_ray.train.checkpoint import model_files
+
+        saved = read_train_state(path)
+        _, weights = model_files(path)
+        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if "raw_model" in saved:  # the model dir holds EMA weights; training continues from the raw ones
+            self.model.load_state_dict(saved["raw_model"])
+        self.model.to(self.device)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        apply_hparams(self.optimizer, self.cfg, self.cfg.lr)
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None:
+            if "ema" in saved:
+                self.ema.load_state_dict(saved["ema"])
+            else:
+                self.ema = EMA(self.model, self.cfg.ema_decay)
+        self.state = TrainState.from_dict(saved["state"])
+        if not same_run:
+            self.state.wandb_id = None
+            self.state.patience_left = self.cfg.patience_epochs
+            self.state.stopped_early = False
+            self.state.bad_steps_in_row = 0
+            return []
+        rngs = saved["rng"]
+        if self.rank < len(rngs):
+            set_rng_state(rngs[self.rank])
+        else:  # more workers than when saved
+            seed_all(self.cfg.seed + 1000 * self.rank + self.state.global_step)
+        return read_history(path)
+
+    def _report(self, metrics: dict, checkpoint_name: str) -> None:
+        """Every rank calls this with the same cadence: `ray.train.report` is a barrier."""
+        import ray.train
+
+        rngs = dist.gather_objects(rng_state())  # collective: every rank's RNG goes into rank 0's checkpoint
+        self.logger.log_report(metrics)
+        with tempfile.TemporaryDirectory(prefix="atomica-ckpt-") as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                from atomica_ray.models import save_atomica
+
+                write_checkpoint(Path(tmp), model=self.model, save_atomica=save_atomica, optimizer=self.optimizer,
+                                 scaler=self.scaler, ema=self.ema, state=self.state, rng_states=rngs,
+                                 history=self.logger.history, config=self.cfg.to_dict())
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name)
+
+    # -- data --
+
+    def _train_loader(self, epoch: int, start_batch: int):
+        from atomica_ray.data import make_loader
+
+        return make_loader(self.train_spec, seed=self.cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world,
+                           start_batch=start_batch, shuffle=self.cfg.shuffle, num_workers=self.cfg.loader_workers,
+                           pin_memory=self.device.type == "cuda")
+
+    # -- training --
+
+    def fit(self) -> None:
+        try:
+            while self.state.epoch < self.cfg.max_epoch and not self.state.stopped_early:
+                self.train_epoch()
+        finally:
+            self.logger.close()
+
+    def train_epoch(self) -> None:
+        cfg, st = self.cfg, self.state
+        loader = self._train_loader(st.epoch, st.batch)
+        n, accum = len(loader), cfg.grad_accum
+        bar = self.logger.progress(n, st.batch, f"epoch {st.epoch}")
+        group = defaultdict(float)  # oom / nonfinite / loss_sum / loss_count of the current optimizer step
+        window = [0.0, 0.0]  # loss sum and count since the last report
+        self.model.train()
+        for b, batch in enumerate(loader, start=st.batch):
+            group_size = min(accum, n - (b // accum) * accum)
+            if not (group["oom"] or group["nonfinite"]):  # a doomed step needs no more compute
+                self._micro_step(batch, 1.0 / group_size, group)
+            if (b + 1) % accum and b + 1 < n:
+                continue
+            summary = self._optimizer_step(group)
+            group.clear()
+            st.batch = b + 1
+            if summary.loss_count:
+                window[0] += summary.loss_sum
+                window[1] += summary.loss_count
+            if bar is not None:
+                bar.update(b + 1 - bar.n)
+                loss = summary.loss_sum / summary.loss_count if summary.loss_count else float("nan")
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2e}", refresh=False)
+            if cfg.report_every_steps and st.global_step % cfg.report_every_steps == 0 and b + 1 < n:
+                self._report(self._train_metrics(window, mid_epoch=True),
+                             f"checkpoint_epoch{st.epoch:04d}_step{st.global_step:08d}")
+                window = [0.0, 0.0]
+            self._maybe_crash()
+        if bar is not None:
+            bar.close()
+        self.end_of_epoch(window)
+
+    def _micro_step(self, batch, scale: float, group: dict) -> None:
+        batch = to_device(batch, self.device)
+        try:
+            with autocast(self.cfg, self.device):
+                loss, _ = self.task.forward(self.model, batch)
+            if self.state.global_step in self.cfg.nonfinite_steps and self.rank == self.world - 1:
+                loss = loss * float("nan")  # test hook: a non-finite loss on one rank only
+            if not torch.isfinite(loss.detach()):
+                group["nonfinite"] = 1
+                return
+            self.scaler.scale(loss.float() * scale).backward()
+            group["loss_sum"] += float(loss.detach())
+            group["loss_count"] += 1
+        except (RuntimeError, torch.OutOfMemoryError) as error:
+            if not is_oom(error):
+                raise
+            group["oom"] = 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _optimizer_step(self, group: dict) -> dist.StepSummary:
+        cfg, st = self.cfg, self.state
+        summary = dist.reduce_step(self.params, bool(group["oom"]), bool(group["nonfinite"]), group["loss_sum"],
+                                   int(group["loss_count"]), self.device)
+        self.lr = lr_at(st.global_step, cfg, cfg.scheduler or self.task.scheduler, st.total_steps)
+        nonfinite = summary.nonfinite > 0 or (not summary.grads_finite and not self.scaler.is_enabled())
+        grad_norm = float("nan")
+        if summary.oom:
+            st.skipped_oom += 1
+        elif nonfinite:
+            st.skipped_nonfinite += 1
+            st.bad_steps_in_row += 1
+            if st.bad_steps_in_row >= cfg.max_bad_steps:
+                raise BadStepsError(
+                    f"{st.bad_steps_in_row} optimizer steps in a row had a non-finite loss or gradient (epoch "
+                    f"{st.epoch}, step {st.global_step}); stopping. Lower lr, set grad_clip, check the data, or "
+                    f"raise max_bad_steps (now {cfg.max_bad_steps}).")
+        else:
+            st.bad_steps_in_row = 0
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or float("inf")))
+            apply_hparams(self.optimizer, cfg, self.lr)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        st.global_step += 1  # skipped steps advance too: the lr schedule stays tied to the data position
+        if self.rank == 0 and summary.loss_count:
+            self.logger.log_step(st.global_step, {"loss": summary.loss_sum / summary.loss_count, "lr": self.lr,
+                                                  "grad_norm": grad_norm})
+        return summary
+
+    def _maybe_crash(self) -> None:
+        """Test hook: a real process death of rank 0 after optimizer step `crash_at_step`, once per run."""
+        if self.cfg.crash_at_step != self.state.global_step or self.rank != 0:
+            return
+        marker = self.run_dir / f".crashed_at_step_{self.cfg.crash_at_step}"
+        if marker.exists():
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- validation, early stopping, reporting --
+
+    def _train_metrics(self, window, mid_epoch: bool) -> dict:
+        st = self.state
+        metrics = {
+            "epoch": st.epoch, "global_step": st.global_step, "batch": st.batch,
+            "train_loss": window[0] / window[1] if window[1] else float("nan"),
+            "lr": getattr(self, "lr", self.cfg.lr), "skipped_oom": st.skipped_oom,
+            "skipped_nonfinite": st.skipped_nonfinite,
+        }
+        if mid_epoch and self.valid_spec is not None:
+            metrics[self.task.selection_metric] = float("nan")  # not validated: ranked last among checkpoints
+        return metrics
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        from atomica_ray.data import make_loader
+
+        loader = make_loader(self.valid_spec, seed=self.cfg.seed, epoch=0, rank=self.rank, world_size=self.world,
+                             shuffle=False, num_workers=self.cfg.loader_workers,
+                             pin_memory=self.device.type == "cuda")
+        records: dict[str, list] = defaultdict(list)
+        oom = 0
+        self.model.eval()
+        weights = self.ema.swapped_in(self.model) if self.ema is not None else contextlib.nullcontext()
+        with weights:
+            for batch in loader:
+                try:
+                    with autocast(self.cfg, self.device):
+                        _, rec = self.task.forward(self.model, to_device(batch, self.device))
+                except (RuntimeError, torch.OutOfMemoryError) as error:
+                    if not is_oom(error):
+                        raise
+                    oom += 1
+                    continue
+                for k, v in rec.items():
+                    records[k].append(v.detach().cpu().numpy())
+        self.model.train()
+        local = {k: np.concatenate(v) for k, v in records.items()}
+        parts = dist.gather_objects((local, oom))  # every rank gets the whole validation set
+        keys = sorted({k for part, _ in parts for k in part})
+        merged = {k: np.concatenate([part[k] for part, _ in parts if k in part]) for k in keys}
+        metrics = self.task.metrics(merged) if merged else {self.task.selection_metric: float("nan")}
+        metrics["val_skipped_oom"] = sum(n for _, n in parts)
+        return metrics
+
+    def end_of_epoch(self, window) -> None:
+        cfg, st = self.cfg, self.state
+        metrics = self._train_metrics(window, mid_epoch=False)
+        if self.valid_spec is not None:
+            metrics.update(self.validate())
+            self._early_stopping(metrics[self.task.selection_metric])
+            metrics["best_" + self.task.selection_metric] = st.best_metric
+            metrics["patience_left"] = st.patience_left
+        finished = st.epoch
+        st.epoch, st.batch = st.epoch + 1, 0  # the checkpoint resumes at the next epoch
+        metrics["epoch"], metrics["batch"] = finished, 0
+        metrics["stopped_early"] = st.stopped_early
+        self._report(metrics, f"checkpoint_epoch{finished:04d}_step{st.global_step:08d}")
+
+    def _early_stopping(self, value: float) -> None:
+        """ATOMICA's rule: patience resets on improvement, else decreases; the first `warmup_epochs` epochs
+        neither count against patience nor set the best value."""
+        st, cfg = self.state, self.cfg
+        if st.epoch < cfg.warmup_epochs:
+            st.patience_left = cfg.patience_epochs
+            return
+        if math.isfinite(value) and (st.best_metric is None or
+                                     (value < st.best_metric if self.task.mode == "min" else value > st.best_metric)):
+            st.best_metric = value
+            st.patience_left = cfg.patience_epochs
+        else:
+            st.patience_left -= 1
+            if st.patience_left <= 0 and cfg.patience > 0:
+                st.stopped_early = True
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point: `config` is `TrainConfig.to_dict()`."""
+    WorkerRun(TrainConfig.from_dict(config)).fit()
