@@ -35,8 +35,11 @@ SIGMA_GRID = 10 ** np.linspace(np.log10(SIGMA_MIN), np.log10(SIGMA_MAX), SIGMA_N
 
 # --- the user cache directory (shared with so3.py) ----------------------------------------------------------------
 def cache_dir() -> Path:
-    """$XDG_CACHE_HOME/atomica-ray if set, else platformdirs' user cache dir, else ~/.cache/atomica-ray."""
-    if os.environ.get("XDG_CACHE_HOME"):
+    """$ATOMICA_RAY_CACHE if set (as loader.user_cache_dir), else $XDG_CACHE_HOME/atomica-ray, else platformdirs'
+    user cache dir, else ~/.cache/atomica-ray."""
+    if os.environ.get("ATOMICA_RAY_CACHE"):
+        path = Path(os.environ["ATOMICA_RAY_CACHE"])
+    elif os.environ.get("XDG_CACHE_HOME"):
         path = Path(os.environ["XDG_CACHE_HOME"]) / "atomica-ray"
     else:
         try:
