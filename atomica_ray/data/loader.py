@@ -28,6 +28,18 @@ KINDS = {
     "pretrain_atom": "PretrainAtomDataset",
 }
 PRETRAIN_KINDS = {"pretrain_torsion", "pretrain_masked_torsion", "pretrain_masked", "pretrain_atom"}
+# optional record fields each kind reads (others' columns are never decoded)
+FIELDS_USED = {
+    "affinity": ("block_embeddings",),
+    "labelled": (),
+    "multiclass": (),
+    "plain": (),
+    "prot_interface": (),
+    "pretrain_torsion": ("torsion_mask", "block_embeddings"),
+    "pretrain_masked_torsion": ("torsion_mask", "block_embeddings"),
+    "pretrain_masked": (),
+    "pretrain_atom": (),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +176,7 @@ class EpochBatches(torch.utils.data.Dataset):
                  seed: int, epoch: int, transform):
         self.items, self.batches, self.crop_to, self.labels = items, batches, crop_to, labels
         self.kind, self.seed, self.epoch, self.transform = spec.kind, seed, epoch, transform
+        self.fields = FIELDS_USED[spec.kind]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -187,7 +200,8 @@ class EpochBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, b: int) -> dict:
         idx = self.batches[b]
-        ready = [r for r in (self.prepare(rec, int(i)) for rec, i in zip(self.items.get(idx), idx)) if r is not None]
+        recs = self.items.get(idx, self.fields)
+        ready = [r for r in (self.prepare(rec, int(i)) for rec, i in zip(recs, idx)) if r is not None]
         # Every item of the batch was dropped by the transform (e.g. cropping removed all rotatable bonds):
         # take the next usable item of this rank's epoch, so that every rank still yields this batch.
         j = b
@@ -196,7 +210,7 @@ class EpochBatches(torch.utils.data.Dataset):
             if j == b:
                 raise RuntimeError("no item of this rank's epoch survives the transform")
             for i in self.batches[j]:
-                r = self.prepare(self.items[int(i)], int(i))
+                r = self.prepare(self.items.get([int(i)], self.fields)[0], int(i))
                 if r is not None:
                     ready = [r]
                     break

@@ -1,7 +1,7 @@
 """Parquet datasets of ATOMICA items: write (atomic), stream, and random access.
 
 A dataset is a directory:
-    items.parquet   one row per item, list columns, row groups of `row_group_items` rows (64 by default: a
+    items.parquet   one row per item, list columns, row groups of `row_group_items` rows (32 by default: a
                     shuffled batch touches a few small row groups rather than one huge one)
     dataset.json    format name, schema version, item count, row groups, sources, summary statistics
 
@@ -14,7 +14,7 @@ Columns of items.parquet (schema version 1):
     X                                    list<float32>  flattened [n_atoms, 3]
     B, block_lengths                     list<int32>
     A, atom_positions, segment_ids       list<int8>
-    torsion_mask                         binary  JSON of the record's torsion masks (bool masks as 0/1), or null
+    torsion_mask                         binary  the record's torsion masks (`encode_torsion_mask`), or null
     block_embeddings, block_embeddings0, block_embeddings1
                                          list<float32> flattened [rows, dim] (dim in dataset.json), or null
     label, affinity                      float64 (null when absent)
@@ -38,7 +38,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -49,7 +48,7 @@ FORMAT = "atomica-ray-items"
 SCHEMA_VERSION = 1
 ITEMS_FILE = "items.parquet"
 META_FILE = "dataset.json"
-DEFAULT_ROW_GROUP_ITEMS = 64
+DEFAULT_ROW_GROUP_ITEMS = 32
 
 SIZE_COLUMNS = ("n_blocks", "n_atoms", "n_blocks0", "n_atoms0", "n_atoms1", "n_rot0", "n_rot1", "n_mask0", "n_mask1")
 INDEX_COLUMNS = SIZE_COLUMNS + ("label", "affinity", "modality")
@@ -108,49 +107,70 @@ def _segment_counts(r: dict) -> dict:
     }
 
 
-def _torsion_json(tm) -> bytes | None:
+def encode_torsion_mask(tm) -> bytes | None:
+    """Torsion masks as bytes: a uint32 count n, n int32 header values, then every mask row bit-packed.
+
+    Header: n_segments, then per segment (type or -1 for None, n_entries); then per entry (n_bonds or -1 for
+    None, row width) - one entry per non-global block for type 0, one for type 1; then all bonds as pairs."""
     if tm is None:
         return None
-
-    def arr(a, dtype):
-        return None if a is None else np.ascontiguousarray(a, dtype=dtype)
-
-    out = []
-    for entry in tm:
-        if entry is None:
-            out.append(None)
-        elif entry["type"] == 0:
-            out.append({
-                "type": 0,
-                "edges": [arr(e, np.int64) for e in entry["edges"]],
-                "mask_rotate": [arr(m, np.uint8) for m in entry["mask_rotate"]],
-            })
+    head, entries, edges, rows = [len(tm)], [], [], []
+    for seg in tm:
+        if seg is None:
+            head += [-1, 0]
+            continue
+        if seg["type"] == 0:
+            es, ms = seg["edges"], seg["mask_rotate"]
         else:
-            out.append({"type": 1, "edges": arr(entry["edges"], np.int64), "mask_rotate": arr(entry["mask_rotate"], np.uint8)})
-    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)
+            es, ms = [seg["edges"]], [seg["mask_rotate"]]
+        head += [seg["type"], len(es)]
+        for e, m in zip(es, ms):
+            if e is None:
+                entries += [-1, 0]
+            else:
+                m = np.asarray(m, dtype=bool)
+                entries += [len(e), m.shape[1]]
+                edges.append(np.asarray(e, dtype=np.int32).reshape(-1))
+                rows.append(m.reshape(-1))
+    ints = np.array(head + entries, dtype=np.int32)
+    if edges:
+        ints = np.concatenate([ints, np.concatenate(edges)])
+    bits = np.packbits(np.concatenate(rows)) if rows else np.zeros(0, np.uint8)
+    return np.uint32(len(ints)).tobytes() + ints.tobytes() + bits.tobytes()
 
 
 def decode_torsion_mask(blob: bytes | None):
-    """Inverse of the writer's encoding: per-segment dicts with int64 edges and bool masks (or None)."""
+    """Inverse of `encode_torsion_mask`: per-segment dicts with int64 edges and bool masks (or None)."""
     if blob is None:
         return None
-    out = []
-    for entry in orjson.loads(blob):
-        if entry is None:
+    n = int(np.frombuffer(blob, np.uint32, count=1)[0])
+    ints = np.frombuffer(blob, np.int32, count=n, offset=4)
+    bits = np.unpackbits(np.frombuffer(blob, np.uint8, offset=4 + 4 * n)).view(bool)
+    n_seg = int(ints[0])
+    segs = ints[1:1 + 2 * n_seg].reshape(n_seg, 2).tolist()
+    n_entries = sum(k for _, k in segs)
+    entries = ints[1 + 2 * n_seg:1 + 2 * n_seg + 2 * n_entries].reshape(-1, 2).tolist()
+    all_edges = ints[1 + 2 * n_seg + 2 * n_entries:].astype(np.int64).reshape(-1, 2)
+    out, e_pos, b_pos, k = [], 0, 0, 0
+    for kind, n_ent in segs:
+        if kind < 0:
             out.append(None)
-        elif entry["type"] == 0:
-            out.append({
-                "type": 0,
-                "edges": [None if e is None else np.array(e, dtype=np.int64) for e in entry["edges"]],
-                "mask_rotate": [None if m is None else np.array(m, dtype=bool) for m in entry["mask_rotate"]],
-            })
+            continue
+        es, ms = [], []
+        for n_bonds, width in entries[k:k + n_ent]:
+            if n_bonds < 0:
+                es.append(None)
+                ms.append(None)
+                continue
+            es.append(all_edges[e_pos:e_pos + n_bonds])
+            ms.append(bits[b_pos:b_pos + n_bonds * width].reshape(n_bonds, width))
+            e_pos += n_bonds
+            b_pos += n_bonds * width
+        k += n_ent
+        if kind == 0:
+            out.append({"type": 0, "edges": es, "mask_rotate": ms})
         else:
-            e, m = entry["edges"], entry["mask_rotate"]
-            out.append({
-                "type": 1,
-                "edges": None if e is None else np.array(e, dtype=np.int64).reshape(-1, 2),
-                "mask_rotate": None if m is None else np.array(m, dtype=bool),
-            })
+            out.append({"type": 1, "edges": es[0], "mask_rotate": ms[0]})
     return out
 
 
@@ -174,7 +194,7 @@ def records_to_table(records: list[dict]) -> pa.Table:
         cols[c] = pa.array(np.array([n[c] for n in counts], dtype=np.int32))
     for k, t in _LIST_TYPES.items():
         cols[k] = _list_array([r[k] for r in records], t)
-    cols["torsion_mask"] = pa.array([_torsion_json(r["torsion_mask"]) for r in records], type=pa.binary())
+    cols["torsion_mask"] = pa.array([encode_torsion_mask(r["torsion_mask"]) for r in records], type=pa.binary())
     for k in EMBEDDING_KEYS:
         cols[k] = _list_array([r.get(k) for r in records], pa.float32())
     cols["label"] = pa.array([r["label"] for r in records], type=pa.float64())
@@ -332,24 +352,43 @@ def convert(
 
 # --- reading ------------------------------------------------------------------------------------
 
+# record fields -> the columns they need; "core" fields are always read
+CORE_COLUMNS = ("id", "X", "B", "A", "atom_positions", "block_lengths", "segment_ids",
+                "label", "affinity", "modality", "dist_th")
+OPTIONAL_FIELDS = {
+    "torsion_mask": ("torsion_mask",),
+    "block_embeddings": EMBEDDING_KEYS,
+    "block_to_pdb_indexes": ("b2p_blocks", "b2p_residues"),
+}
+ALL_FIELDS = tuple(OPTIONAL_FIELDS)
+
+
 class _DecodedGroup:
-    """One row group as flat numpy arrays + offsets: items are slices, no per-atom Python work."""
+    """One row group as flat numpy arrays + offsets: items are slices, no per-atom Python work.
+    Only the columns present in `table` are decoded; records lack the fields of the others."""
 
     def __init__(self, table: pa.Table):
         self.n = table.num_rows
+        names = set(table.column_names)
         self.ids = table.column("id").to_pylist()
         self.lists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         for name in list(_LIST_TYPES) + list(EMBEDDING_KEYS) + ["b2p_blocks"]:
+            if name not in names:
+                continue
             arr = table.column(name).combine_chunks()
+            if arr.null_count == len(arr):
+                continue  # e.g. no item has block embeddings
             offsets = arr.offsets.to_numpy()
             values = arr.values.to_numpy(zero_copy_only=False)
             valid = None if arr.null_count == 0 else arr.is_valid().to_numpy(zero_copy_only=False)
             self.lists[name] = (offsets, values, valid)
-        self.torsion = table.column("torsion_mask").to_pylist()
+        self.torsion = table.column("torsion_mask").to_pylist() if "torsion_mask" in names else None
         self.scalars = {k: table.column(k).to_pylist() for k in ("label", "affinity", "modality", "dist_th")}
-        self.b2p_residues = table.column("b2p_residues").to_pylist()
+        self.b2p_residues = table.column("b2p_residues").to_pylist() if "b2p_residues" in names else None
 
     def _slice(self, name: str, row: int) -> np.ndarray | None:
+        if name not in self.lists:
+            return None
         offsets, values, valid = self.lists[name]
         if valid is not None and not valid[row]:
             return None
@@ -365,8 +404,9 @@ class _DecodedGroup:
             "atom_positions": s("atom_positions", row).astype(np.int64),
             "block_lengths": s("block_lengths", row).astype(np.int64),
             "segment_ids": s("segment_ids", row).astype(np.int64),
-            "torsion_mask": decode_torsion_mask(self.torsion[row]),
         }
+        if self.torsion is not None:
+            rec["torsion_mask"] = decode_torsion_mask(self.torsion[row])
         for k in EMBEDDING_KEYS:
             v = s(k, row)
             if v is not None:
@@ -375,8 +415,10 @@ class _DecodedGroup:
             rec[k] = vals[row]
         if label_int and rec["label"] is not None:
             rec["label"] = int(rec["label"])
-        blocks = s("b2p_blocks", row)
-        rec["block_to_pdb_indexes"] = None if blocks is None else dict(zip(blocks.tolist(), self.b2p_residues[row]))
+        if self.b2p_residues is not None:
+            blocks = s("b2p_blocks", row)
+            rec["block_to_pdb_indexes"] = (None if blocks is None
+                                           else dict(zip(blocks.tolist(), self.b2p_residues[row])))
         return rec
 
 
@@ -414,7 +456,7 @@ class ParquetItems:
         self.index = self._read_index()
         self.cache_groups = cache_groups
         self._handles: dict[int, pq.ParquetFile] = {}
-        self._cache: OrderedDict[int, _DecodedGroup] = OrderedDict()
+        self._cache: OrderedDict[tuple, _DecodedGroup] = OrderedDict()
 
     def _read_index(self) -> dict[str, np.ndarray]:
         parts = []
@@ -442,32 +484,49 @@ class ParquetItems:
         state["_handles"], state["_cache"] = {}, OrderedDict()
         return state
 
-    def _group(self, g: int) -> _DecodedGroup:
-        if g in self._cache:
-            self._cache.move_to_end(g)
-            return self._cache[g]
+    def _columns(self, fields) -> list[str]:
+        cols = list(CORE_COLUMNS)
+        for f in (ALL_FIELDS if fields is None else fields):
+            if f not in OPTIONAL_FIELDS:
+                raise ValueError(f"unknown record field {f!r}; optional fields are {list(OPTIONAL_FIELDS)}")
+            if f == "block_embeddings":
+                cols += [k for k in EMBEDDING_KEYS if k in self.embedding_dims]
+            else:
+                cols += list(OPTIONAL_FIELDS[f])
+        return cols
+
+    def _read_group(self, g: int, columns: list[str]) -> _DecodedGroup:
         fi, gi = self._group_where[g]
         if fi not in self._handles:
             self._handles[fi] = pq.ParquetFile(self.files[fi])
         try:
-            table = self._handles[fi].read_row_group(gi)
+            return _DecodedGroup(self._handles[fi].read_row_group(gi, columns=columns, use_threads=False))
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{self.files[fi]}: cannot read row group {gi} ({e})") from e
-        group = _DecodedGroup(table)
-        self._cache[g] = group
+
+    def _group(self, g: int, fields) -> _DecodedGroup:
+        key = (g, None if fields is None else tuple(sorted(fields)))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        group = self._read_group(g, self._columns(fields))
+        self._cache[key] = group
         while len(self._cache) > self.cache_groups:
             self._cache.popitem(last=False)
         return group
 
-    def get(self, indices) -> list[dict]:
-        """Records of the given global item indices, in that order (row groups read once each)."""
+    def get(self, indices, fields=None) -> list[dict]:
+        """Records of the given global item indices, in that order (row groups read once each).
+
+        `fields`: the optional record fields to read (of "torsion_mask", "block_embeddings",
+        "block_to_pdb_indexes"); None = all. Leaving out what a kind does not use skips their columns."""
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"{self.path}: item index out of range 0..{len(self) - 1}")
         groups = np.searchsorted(self._group_starts, indices, side="right") - 1
         out: list[dict | None] = [None] * len(indices)
         for g in np.unique(groups):
-            dec = self._group(int(g))
+            dec = self._group(int(g), fields)
             for j in np.nonzero(groups == g)[0]:
                 out[j] = dec.record(int(indices[j] - self._group_starts[g]), self.embedding_dims, self.label_int)
         return out  # type: ignore[return-value]
@@ -475,12 +534,10 @@ class ParquetItems:
     def __getitem__(self, i: int) -> dict:
         return self.get([i])[0]
 
-    def iter_records(self) -> Iterator[dict]:
+    def iter_records(self, fields=None) -> Iterator[dict]:
         """Stream every item in order, one row group in memory at a time."""
+        columns = self._columns(fields)
         for g in range(len(self._group_where)):
-            fi, gi = self._group_where[g]
-            if fi not in self._handles:
-                self._handles[fi] = pq.ParquetFile(self.files[fi])
-            dec = _DecodedGroup(self._handles[fi].read_row_group(gi))
+            dec = self._read_group(g, columns)
             for row in range(dec.n):
                 yield dec.record(row, self.embedding_dims, self.label_int)
