@@ -22,6 +22,7 @@ from torch import nn
 
 from ..data.vocab import ATOM_GLOBAL, GLB, MODALITIES, UNK, get_vocab
 from .attention import AttentionPooling, CrossAttention
+from .heads import act_dropout_linear, activation_name
 from .graphs import ItemLayout, knn_graph, radius_graph
 from .interaction import ATOMICAEncoder
 from .scatter import scatter_mean, scatter_sum
@@ -60,15 +61,6 @@ class BlockEmbedding(nn.Module):
         super().__init__()
         self.block_embedding = nn.Embedding(num_block_type, block_embed_size)
         self.atom_embedding = nn.Embedding(num_atom_type, atom_embed_size)
-
-
-def _feature_projector(nonlinearity, in_size: int, hidden: int, out_size: int, n_layers: int, dropout: float):
-    """[act, dropout, Linear] x n_layers: in -> hidden -> ... -> out (ATOMICA's block-embedding projectors)."""
-    sizes = [in_size] + [hidden] * (n_layers - 1) + [out_size]
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nonlinearity(), nn.Dropout(dropout), nn.Linear(a, b)]
-    return nn.Sequential(*layers)
 
 
 class AtomicaBackbone(nn.Module):
@@ -142,13 +134,13 @@ class AtomicaBackbone(nn.Module):
     def _init_block_features(self, nonlinearity, block_embedding_size, block_embedding0_size, block_embedding1_size,
                              num_projector_layers, projector_hidden_size, projector_dropout, post: bool):
         """Projectors of external block features and mixers with the block state (ATOMICA's module names)."""
-        h = self.hidden_size
+        h, act = self.hidden_size, activation_name(nonlinearity)
 
         def add(name: str, size: int):
-            setattr(self, name.format(kind="projector"), _feature_projector(
-                nonlinearity, size, projector_hidden_size, h, num_projector_layers, projector_dropout))
-            setattr(self, name.format(kind="mixing_ffn"), _feature_projector(
-                nonlinearity, 2 * h, 2 * h, h, num_projector_layers, projector_dropout))
+            setattr(self, name.format(kind="projector"), act_dropout_linear(
+                act, size, projector_hidden_size, h, num_projector_layers, projector_dropout))
+            setattr(self, name.format(kind="mixing_ffn"), act_dropout_linear(
+                act, 2 * h, 2 * h, h, num_projector_layers, projector_dropout))
 
         for stage in ("pre", "post") if post else ("pre",):
             if block_embedding_size:

@@ -30,8 +30,13 @@ class PredictionModel(AtomicaBackbone):
     # the task head of each subclass; partial fine-tuning trains only these modules
     head_modules: tuple[str, ...] = ()
 
+    def head_config(self) -> dict:
+        """Constructor arguments of the task head (written after `model_type`, as ATOMICA does)."""
+        return {}
+
     def get_config(self) -> dict:
-        return {**self.encoder_config(), "model_type": type(self).__name__, **self.behaviour_config()}
+        return {**self.encoder_config(), "model_type": type(self).__name__, **self.head_config(),
+                **self.behaviour_config()}
 
     def forward(self, Z, B, A, block_lengths, lengths, segment_ids, return_graph_repr=True) -> PredictionReturnValue:
         enc = self._encode(Z, B, A, block_lengths, lengths, segment_ids, return_graph_repr=return_graph_repr)

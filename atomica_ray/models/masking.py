@@ -1,0 +1,41 @@
+"""ATOMICA's `MaskedNodeModel`: predicts the type of masked blocks from their representation."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from .backbone import FIXED_BEHAVIOUR
+from .heads import masked_block_ffn
+from .prediction import PredictionModel
+
+
+class MaskedNodeModel(PredictionModel):
+    def __init__(self, atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers,
+                 num_masked_block_classes, dropout=0.0, bottom_global_message_passing=False,
+                 global_message_passing=False, fragmentation_method=None,
+                 unk_is_global=FIXED_BEHAVIOUR["unk_is_global"], attention_mask=FIXED_BEHAVIOUR["attention_mask"]):
+        super().__init__(atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers, dropout,
+                         bottom_global_message_passing, global_message_passing, fragmentation_method,
+                         unk_is_global=unk_is_global, attention_mask=attention_mask)
+        self.num_masked_block_classes = num_masked_block_classes
+        self.masked_ffn = masked_block_ffn(block_hidden_size, num_masked_block_classes, dropout)
+
+    head_modules = ("masked_ffn",)
+
+    def get_config(self) -> dict:
+        # ATOMICA writes the head argument before model_type for this class
+        return {**self.encoder_config(), "num_masked_block_classes": self.num_masked_block_classes,
+                "model_type": type(self).__name__, **self.behaviour_config()}
+
+    def forward(self, Z, B, A, block_lengths, lengths, segment_ids, masked_blocks, masked_labels,
+                return_logits=False):
+        enc = self._encode(Z, B, A, block_lengths, lengths, segment_ids, return_graph_repr=False)
+        logits = self.masked_ffn(enc.block_repr[masked_blocks])  # [n_masked, n_classes]
+        loss = F.cross_entropy(logits, masked_labels)
+        return (loss, logits) if return_logits else (loss, F.softmax(logits, dim=1))
+
+    def infer(self, batch):
+        self.eval()
+        return self.forward(Z=batch["X"], B=batch["B"], A=batch["A"], block_lengths=batch["block_lengths"],
+                            lengths=batch["lengths"], segment_ids=batch["segment_ids"],
+                            masked_blocks=batch["masked_blocks"], masked_labels=batch["masked_labels"])[1]
