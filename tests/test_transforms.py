@@ -3,6 +3,7 @@ coordinates), scores against the applied perturbations, masking rules, determini
 
 import gzip
 import json
+import pickle
 import types
 from pathlib import Path
 
@@ -375,6 +376,15 @@ def test_same_seed_epoch_item_reproduces_and_another_epoch_differs(records):
     assert all(not np.array_equal(x["tor_score"], z["tor_score"]) for x, z in zip(a, c))
 
 
+def test_transform_pickles_for_worker_processes(records):
+    t = make_transform(spec("pretrain_masked_torsion", **RELEASED))
+    first = t(records[0], np.random.default_rng(9))  # tables loaded
+    clone = pickle.loads(pickle.dumps(t))
+    again = clone(records[0], np.random.default_rng(9))
+    for k in first:
+        assert np.array_equal(np.asarray(first[k]), np.asarray(again[k])), k
+
+
 def test_missing_torsion_masks_are_computed_on_the_fly(records):
     t = make_transform(spec("pretrain_torsion", **RELEASED))
     for i, rec in enumerate(records):
@@ -391,8 +401,7 @@ def test_make_transform_settings():
         make_transform(types.SimpleNamespace(kind="denoise"))
     with pytest.raises(ValueError, match="torsion_noise"):
         make_transform(spec("pretrain_torsion", torsion_noise=None))
-    with pytest.raises(ValueError, match="atom_noise and torsion_noise"):
-        make_transform(spec("pretrain_atom", atom_noise=1.0, torsion_noise=0.5))
+    assert make_transform(spec("pretrain_atom", atom_noise=1.0)).settings.atom_noise == 1.0  # torsion_noise unused
     with pytest.raises(ValueError, match="mask_proportion"):
         make_transform(spec("pretrain_masked", mask_proportion=-0.1))
     # any object with the fields works; missing ones take ATOMICA's defaults (noise off, max_rotation π/4)

@@ -282,60 +282,64 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def segment_torsions(data: dict, segment: int, entry: dict) -> Torsions:
-    """Flatten one segment's torsion-mask entry (lists or arrays, as ATOMICA stores it) to item atom indices."""
+    """Flatten one segment's torsion-mask entry (lists or arrays, as ATOMICA stores it) to item atom indices.
+
+    Vectorised over blocks: the per-block masks are concatenated once, then bonds and moved atoms are read off.
+    """
     blocks, atoms, starts = segment_layout(data, segment)
     lengths = np.asarray(data["block_lengths"], dtype=np.int64)
-    pieces_e, pieces_m, steps = [], [], []
+    where = f"torsion_mask[{segment}] (type {entry['type']})"
     if entry["type"] == 0:
         per_block_e, per_block_m = entry["edges"], entry["mask_rotate"]
         if len(per_block_e) != len(blocks) or len(per_block_m) != len(blocks):
-            raise ValueError(f"torsion_mask[{segment}] (type 0) has {len(per_block_e)} block entries, but segment "
-                             f"{segment} has {len(blocks)} non-global blocks")
-        for i, (e, m) in enumerate(zip(per_block_e, per_block_m)):
-            if e is None or len(e) == 0:
-                continue
-            e = np.asarray(e, dtype=np.int64).reshape(-1, 2)
-            m = np.asarray(m, dtype=bool).reshape(len(e), -1)
-            b = blocks[i]
-            if m.shape[1] != lengths[b] or e.max() >= lengths[b] or e.min() < 0:
-                raise ValueError(f"torsion_mask[{segment}] (type 0) entry {i} does not fit block {b} "
-                                 f"of {lengths[b]} atoms (edges max {e.max()}, mask width {m.shape[1]})")
-            pieces_e.append(e + starts[b])
-            rows, cols = np.nonzero(m)
-            pieces_m.append((rows, cols + starts[b], m[np.arange(len(e))[:, None], e]))
-            steps.append(np.arange(len(e)))
+            raise ValueError(f"{where} has {len(per_block_e)} block entries, but segment {segment} has "
+                             f"{len(blocks)} non-global blocks")
+        present = [i for i, e in enumerate(per_block_e) if e is not None and len(e)]
+        E = [per_block_e[i] for i in present]
+        M = [per_block_m[i] for i in present]
+        width = lengths[blocks[present]]  # [pieces] atoms of each block
+        base = starts[blocks[present]]  # [pieces] item index of each block's first atom
         rigid = False
     else:
-        e, m = entry["edges"], entry["mask_rotate"]
-        if e is not None and len(e):
-            e = np.asarray(e, dtype=np.int64).reshape(-1, 2)
-            m = np.asarray(m, dtype=bool).reshape(len(e), -1)
-            if m.shape[1] != len(atoms) or e.max() >= len(atoms) or e.min() < 0:
-                raise ValueError(f"torsion_mask[{segment}] (type 1) does not fit segment {segment} of "
-                                 f"{len(atoms)} atoms (edges max {e.max()}, mask width {m.shape[1]})")
-            pieces_e.append(atoms[e])
-            rows, cols = np.nonzero(m)
-            pieces_m.append((rows, atoms[cols], m[np.arange(len(e))[:, None], e]))
-            steps.append(np.arange(len(e)))
+        present = [0] if entry["edges"] is not None and len(entry["edges"]) else []
+        E, M = [entry["edges"]] * len(present), [entry["mask_rotate"]] * len(present)
+        width, base = np.full(len(present), len(atoms)), np.zeros(len(present), np.int64)
         rigid = True
-    if not pieces_e:
+    if not present:
         z = np.zeros(0, dtype=np.int64)
         return Torsions(np.zeros((0, 2), np.int64), z, z, z, np.zeros(1, np.int64), z, rigid, atoms)
-    edges = np.concatenate(pieces_e)
-    counts, moving, end_flags = [], [], []
-    for (rows, cols, flags), e in zip(pieces_m, pieces_e):
-        counts.append(np.bincount(rows, minlength=len(e)))
-        moving.append(cols)  # np.nonzero is row-major, so cols are grouped by bond
-        end_flags.append(flags)
-    counts, flags = np.concatenate(counts), np.concatenate(end_flags)  # flags [n, 2]: is u / v on the moving side
+    E = [np.asarray(e, dtype=np.int64).reshape(-1, 2) for e in E]
+    M = [np.asarray(m, dtype=bool).ravel() for m in M]
+    n_bonds = np.array([len(e) for e in E])  # [pieces]
+    bad = np.nonzero(np.array([m.size for m in M]) != n_bonds * width)[0]
+    if len(bad):
+        raise ValueError(f"{where}: mask_rotate of entry {present[bad[0]]} has {M[bad[0]].size} values, expected "
+                         f"{n_bonds[bad[0]]} bonds x {width[bad[0]]} atoms")
+    local = np.concatenate(E)  # [n, 2] piece-local atom indices
+    piece = np.repeat(np.arange(len(E)), n_bonds)  # [n]
+    w = width[piece]
+    if (local < 0).any() or (local >= w[:, None]).any():
+        b = int(piece[np.nonzero(((local < 0) | (local >= w[:, None])).any(1))[0][0]])
+        raise ValueError(f"{where}: an edge of entry {present[b]} points outside its {width[b]} atoms")
+    flat = np.concatenate(M)  # every bond's mask row, back to back
+    row = np.concatenate([[0], np.cumsum(w)[:-1]])  # [n] where each bond's row starts in `flat`
+    flags = flat[row[:, None] + local]  # [n, 2] is u / v on the moving side
     if (flags[:, 0] == flags[:, 1]).any():
-        bad = int(np.nonzero(flags[:, 0] == flags[:, 1])[0][0])
-        raise ValueError(f"torsion_mask[{segment}]: bond {edges[bad].tolist()} has both or neither end on the "
-                         f"moving side of mask_rotate")
+        b = int(np.nonzero(flags[:, 0] == flags[:, 1])[0][0])
+        raise ValueError(f"{where}: bond {local[b].tolist()} of entry {present[piece[b]]} has both or neither end "
+                         f"on the moving side of mask_rotate")
+    pos = np.nonzero(flat)[0]
+    bond_of = np.searchsorted(row, pos, side="right") - 1  # sorted, so moved atoms are grouped by bond
+    col = pos - row[bond_of]
+    if rigid:
+        edges, moving = atoms[local], atoms[col]
+    else:
+        edges, moving = local + base[piece][:, None], col + base[piece][bond_of]
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(bond_of, minlength=len(local)))])
+    step = np.arange(len(local)) - np.repeat(np.concatenate([[0], np.cumsum(n_bonds)[:-1]]), n_bonds)
     moving_end = np.where(flags[:, 1], edges[:, 1], edges[:, 0])
     fixed_end = np.where(flags[:, 1], edges[:, 0], edges[:, 1])
-    ptr = np.concatenate([[0], np.cumsum(counts)])
-    return Torsions(edges, moving_end, fixed_end, np.concatenate(steps), ptr, np.concatenate(moving), rigid, atoms)
+    return Torsions(edges, moving_end, fixed_end, step, ptr, moving, rigid, atoms)
 
 
 def apply_torsions(X: np.ndarray, tors: Torsions, delta: np.ndarray) -> np.ndarray:

@@ -25,6 +25,8 @@ After each geometric step the segment's global atom is put back at the centroid 
 An item is dropped (None) where ATOMICA drops it: a torsion kind without a segment that qualifies, a masked kind
 without a maskable block in segment 0 or 1, pretrain_atom without a segment of more than 2 atoms.
 Records without torsion masks get them computed on the fly (torsion.compute_torsion_masks).
+Each kind reads only its own fields (torsion kinds ignore atom_noise, pretrain_atom ignores torsion_noise); ATOMICA
+refused to have both set, which would reject DataSpec's defaults (the released torsion settings) for pretrain_atom.
 """
 
 from __future__ import annotations
@@ -89,8 +91,6 @@ class NoiseSettings:
         if self.kind in TORSION_KINDS and self.torsion_noise <= 0:
             raise ValueError(f"DataSpec.torsion_noise: kind {self.kind!r} needs torsion noise > 0 "
                              f"(ATOMICA's torsion datasets always apply it)")
-        if self.kind in TORSION_KINDS | {"pretrain_atom"} and self.atom_noise > 0 and self.torsion_noise > 0:
-            raise ValueError("DataSpec: atom_noise and torsion_noise cannot both be set (ATOMICA refuses it too)")
         if self.rotation_noise > 0 and not 0 < self.max_rotation <= math.pi:
             raise ValueError(f"DataSpec.max_rotation: must be in (0, π], got {self.max_rotation}")
 
