@@ -16,7 +16,7 @@ from atomica_ray.data.loader import DataSpec, make_loader
 from atomica_ray.data.masking import mask_blocks
 from atomica_ray.data.so3 import IGSO3, kabsch
 from atomica_ray.data.torsion import (apply_torsions, atom_radii, backbone_atoms, compute_torsion_masks,
-                                     segment_torsions)
+                                     rotatable_bonds, rotatable_bonds_one_graph, segment_torsions)
 from atomica_ray.data.transforms import OUTPUT_KEYS, make_transform
 from atomica_ray.data.vocab import GLB, MASK, UNK, get_vocab
 
@@ -118,6 +118,29 @@ def wrapped_normal_score_fd(x, sigma, h=1e-6):
 def test_torsion_masks_are_recomputed_exactly_as_atomica_stored_them(raw_items):
     for it in raw_items:
         assert compute_torsion_masks(it["data"]) == it["data"]["torsion_mask"], it["id"]
+
+
+def test_the_two_rotatable_bond_searches_agree_on_random_molecular_graphs():
+    """Blocks use a batched reachability search, whole segments a DFS for bridges: same bonds, same moving sides."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 30))
+        adj = np.zeros((n, n), bool)
+        for v in range(1, n):  # a random tree, a few ring-closing bonds, sometimes an isolated atom
+            u = rng.integers(0, v)
+            adj[u, v] = adj[v, u] = True
+        for _ in range(rng.integers(0, 4)):
+            u, v = rng.integers(0, n, 2)
+            adj[u, v] = adj[v, u] = u != v
+        if rng.random() < 0.1:
+            k = rng.integers(0, n)
+            adj[k, :] = adj[:, k] = False
+        perm = rng.permutation(n)
+        adj = adj[perm][:, perm]
+        _, edges, moving = rotatable_bonds(adj[None], np.ones((1, n), bool))
+        edges_dfs, moving_dfs = rotatable_bonds_one_graph(adj)
+        np.testing.assert_array_equal(edges, edges_dfs)
+        np.testing.assert_array_equal(moving, moving_dfs)
 
 
 def test_replaying_atomicas_choices_gives_its_batch_structure(records, atomica_batch):
