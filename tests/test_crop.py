@@ -115,8 +115,13 @@ def test_crop_extras_determinism_and_limits(records):
     n = len(rec["B"])
     rec["block_embeddings"] = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
     rec["block_to_pdb_indexes"] = {b: f"A_{b}" for b in range(n) if rec["B"][b] != GLB}
+    seg = rec["segment_ids"]
+    for s in (0, 1):  # per-segment embeddings: one row per block of the segment, its global block first
+        rec[f"block_embeddings{s}"] = np.nonzero(seg == s)[0][:, None].astype(np.float32)
     out, old = crop_item(rec, 10, np.random.default_rng(5), return_indices=True)
     np.testing.assert_array_equal(out["block_embeddings"], rec["block_embeddings"][old])
+    for s in (0, 1):
+        np.testing.assert_array_equal(out[f"block_embeddings{s}"][:, 0], old[out["segment_ids"] == s])
     assert out["block_to_pdb_indexes"] == {i: f"A_{o}" for i, o in enumerate(old) if out["B"][i] != GLB}
     again = crop_item(rec, 10, np.random.default_rng(5))
     np.testing.assert_array_equal(again["X"], out["X"])

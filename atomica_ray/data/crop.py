@@ -35,20 +35,15 @@ def block_centroids(X: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def choose_blocks(centroids: np.ndarray, seg_blocks: list[np.ndarray], budget: int, rng: np.random.Generator):
     """Indices of the non-global blocks to keep (sorted), at most `budget` of them."""
-    present = [b for b in seg_blocks if len(b)]
-    if len(present) >= 2:
-        b0, b1 = present[0], present[1]
+    present = [b for b in seg_blocks if len(b)]  # segments 0 and 1 (records have no others)
+    if len(present) == 2:
+        b0, b1 = present
         c0, c1 = centroids[b0], centroids[b1]
         d = np.linalg.norm(c0[:, None, :] - c1[None, :, :], axis=-1)  # [n0, n1]
         closest = np.argsort(d, axis=None, kind="stable")[:TOP_K_PAIRS]
         i0, i1 = np.unravel_index(rng.choice(closest), d.shape)
         dist = np.concatenate([np.linalg.norm(c0 - c0[i0], axis=1), np.linalg.norm(c1 - c1[i1], axis=1)])
         candidates = np.concatenate([b0, b1])
-        rest = [b for b in present[2:]]  # more than two segments: ATOMICA has none; rank them after the two
-        if rest:
-            extra = np.concatenate(rest)
-            dist = np.concatenate([dist, np.full(len(extra), np.inf)])
-            candidates = np.concatenate([candidates, extra])
     else:
         candidates = present[0]
         centre = candidates[rng.integers(len(candidates))]
@@ -126,9 +121,9 @@ def crop_item(data: dict, max_blocks: int, rng: np.random.Generator, return_indi
         key = f"block_embeddings{s}"
         if data.get(key) is not None:  # rows = the blocks of segment s, its global block first
             emb = np.asarray(data[key])
-            old_rows = {int(b): r for r, b in enumerate(np.nonzero(seg == s)[0])}
-            rows = [old_rows.get(int(b), 0) for b in order[new_seg == s]]
-            out[key] = emb[rows]
+            row_in_segment = np.cumsum(seg == s) - 1  # [Nblock] row of each old block of segment s
+            picked = order[new_seg == s]
+            out[key] = emb[np.where(picked >= 0, row_in_segment[np.maximum(picked, 0)], 0)]
     if data.get("block_to_pdb_indexes"):
         old_to_new = {int(o): n for n, o in enumerate(order) if o >= 0}
         out["block_to_pdb_indexes"] = {old_to_new[int(k)]: v for k, v in data["block_to_pdb_indexes"].items()

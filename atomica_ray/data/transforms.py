@@ -230,7 +230,8 @@ class PretrainTransform:
                 recentre_global(X, layout, noisy)
                 out["atom_score"], out["atom_eps"] = (before - X) / eps, float(eps)
 
-        out["X"] = X.astype(np.asarray(data["X"]).dtype if np.asarray(data["X"]).dtype.kind == "f" else np.float64)
+        in_dtype = np.asarray(data["X"]).dtype
+        out["X"] = X.astype(in_dtype if in_dtype.kind == "f" else np.float64)  # records hold float32
         if kind in MASKED_KINDS:
             return self._mask(out, masked, tor_edges)
         return out
