@@ -132,6 +132,17 @@ def _bridges(n_atoms: int, bonds: list[tuple[int, int]]) -> list[tuple[int, int,
     return out
 
 
+def _bond_separation(n_atoms: int, bonds: list[tuple[int, int]]) -> np.ndarray:
+    """[n, n] number of bonds on the shortest path between atoms (Floyd-Warshall; n is a residue)."""
+    d = np.full((n_atoms, n_atoms), 99)
+    np.fill_diagonal(d, 0)
+    for a, b in bonds:
+        d[a, b] = d[b, a] = 1
+    for k in range(n_atoms):
+        d = np.minimum(d, d[:, k:k + 1] + d[k:k + 1, :])
+    return d
+
+
 @functools.lru_cache(maxsize=None)
 def _residue_library():
     """Per residue: atom names/elements/position codes, rotamers in the residue frame, torsion mask."""
@@ -141,15 +152,23 @@ def _residue_library():
     ca0 = np.array([1.458, 0.0, 0.0])
     c0 = ca0 + 1.525 * np.array([-math.cos(math.radians(111.2)), math.sin(math.radians(111.2)), 0.0])
     frame0 = _frames(n0, ca0, c0)
+    helix = _ideal_helix()  # the carbonyl O of a helix residue, in its residue frame
+    o0 = ((helix[1, 3] - helix[1, 1]) @ _frames(*helix[1, :3])) @ frame0.T + ca0
     rng = np.random.default_rng(20240611)
     lib = {}
     for res, sc in _SC.items():
         names = list(BACKBONE) + ([] if res == "GLY" else ["CB"]) + [a[0] for a in sc if a[0] != "CB"]
         idx = {nm: i for i, nm in enumerate(names)}
+        bonds = [(0, 1), (1, 2), (2, 3)]
+        if res != "GLY":
+            bonds.append((1, idx["CB"]))
+        bonds += [(idx[p1], idx[name]) for name, p1, *_ in sc if name != "CB"]
+        bonds += [(idx[a], idx[b]) for a, b in _RING_CLOSURES.get(res, [])]
+        far = _bond_separation(len(names), bonds) >= 3  # pairs 1-4 and further apart
         rotamers = []
-        for _ in range(_N_ROTAMERS):
+        while len(rotamers) < _N_ROTAMERS:  # staggered chis, rejecting internal clashes (< 2.6 A)
             chi = rng.choice([60.0, 180.0, -60.0], size=5) + rng.normal(0.0, 8.0, size=5)
-            pos = {"N": n0, "CA": ca0, "C": c0}
+            pos = {"N": n0, "CA": ca0, "C": c0, "O": o0}
             if res != "GLY":
                 pos["CB"] = _place(c0, n0, ca0, 1.53, math.radians(110.5), math.radians(-122.6))
             for name, p1, p2, p3, bond, ang, tor in sc:
@@ -157,13 +176,11 @@ def _residue_library():
                     continue
                 t = tor if isinstance(tor, float) else chi[tor[0] - 1] + tor[1]
                 pos[name] = _place(pos[p3], pos[p2], pos[p1], bond, math.radians(ang), math.radians(t))
-            side = np.array([pos[nm] for nm in names[4:]]).reshape(-1, 3)
-            rotamers.append((side - ca0) @ frame0)  # local coordinates in the residue frame
-        bonds = [(0, 1), (1, 2), (2, 3)]
-        if res != "GLY":
-            bonds.append((1, idx["CB"]))
-        bonds += [(idx[p1], idx[name]) for name, p1, *_ in sc if name != "CB"]
-        bonds += [(idx[a], idx[b]) for a, b in _RING_CLOSURES.get(res, [])]
+            xyz = np.array([pos[nm] for nm in names])
+            dist = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)
+            if np.any(dist[far] < 2.6):
+                continue
+            rotamers.append((xyz[4:] - ca0) @ frame0)  # side-chain atoms in the residue frame
         torsions = [(u, v, side) for u, v, side in _bridges(len(names), bonds) if not (u < 4 and v < 4)]
         lib[res] = {
             "block": vocab.abrv_to_idx(res),
@@ -284,19 +301,27 @@ def _small_molecule(rng: np.random.Generator, fragments: bool) -> dict:
         xyz = np.concatenate(X)
         radial = xyz[site] / np.linalg.norm(xyz[site])
         chain = [xyz[(site + 1) % 6], xyz[site], xyz[site] + 1.50 * radial]
-        parent = site
+        parent, grand = site, -1
         for k in range(int(rng.integers(1, 7))):
-            if k > 0:  # grow by NeRF, retrying torsions that clash with earlier atoms
-                for _ in range(6):
+            # grow by NeRF; a chain stops where every tried torsion clashes (< 2.5 A) with earlier atoms
+            near = [parent, grand] if k else [site, (site + 1) % 6, (site + 5) % 6]  # 1-2 and 1-3 partners
+            others = np.delete(np.concatenate(X), near, axis=0)
+            for _ in range(10 if k else 1):
+                if k:
                     t = math.radians(rng.choice([60.0, 180.0, -60.0]) + rng.normal(0.0, 10.0))
                     new = _place(chain[-3], chain[-2], chain[-1], 1.52, math.radians(111.0), t)
-                    if np.min(np.linalg.norm(np.concatenate(X) - new, axis=1)) > 2.4:
-                        break
+                else:
+                    new = chain[-1]
+                if np.min(np.linalg.norm(others - new, axis=1)) > 2.5:
+                    break
+            else:
+                break
+            if k:
                 chain.append(new)
             X.append(chain[-1][None])
             elements.append(str(rng.choice(["C", "C", "C", "C", "N", "O"])) if k > 0 else "C")
             bonds.append((parent, len(elements) - 1))
-            parent = len(elements) - 1
+            parent, grand = len(elements) - 1, parent
     X = np.concatenate(X)
     n = len(elements)
     if fragments:
