@@ -82,13 +82,15 @@ def write_checkpoint(path: Path, *, model, save_atomica, optimizer, scaler, ema,
         "state": asdict(state),
         "rng": rng_states,
     }
+    # weights named as ATOMICA's trainer names them: the epoch being trained (or just validated) and the step
+    name = dict(epoch=state.epoch if state.batch else state.epoch - 1, step=state.global_step)
     if ema is not None:
         train_state["ema"] = ema.state_dict()
         train_state["raw_model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         with ema.swapped_in(model):
-            save_atomica(model, str(path / MODEL_DIR))
+            save_atomica(model, path / MODEL_DIR, **name)
     else:
-        save_atomica(model, str(path / MODEL_DIR))
+        save_atomica(model, path / MODEL_DIR, **name)
     torch.save(train_state, path / STATE_FILE)
     with open(path / HISTORY_FILE, "w") as f:
         for row in history:

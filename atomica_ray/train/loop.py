@@ -17,6 +17,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -28,7 +29,7 @@ from atomica_ray.tasks import get_task
 from atomica_ray.tasks.spec import Task, encoder_kwargs
 from atomica_ray.train import dist
 from atomica_ray.train.checkpoint import (
-    TrainState, read_history, read_train_state, rng_state, set_rng_state, write_checkpoint,
+    TrainState, model_files, read_history, read_train_state, rng_state, set_rng_state, write_checkpoint,
 )
 from atomica_ray.train.config import TrainConfig
 from atomica_ray.train.ema import EMA
@@ -181,11 +182,12 @@ class WorkerRun:
     def _restore(self, path: Path, same_run: bool) -> list[dict]:
         """Load a checkpoint. `same_run`: this run's own (counters, RNG, history); else a donor's (PBT): weights,
         optimizer moments, EMA and counters, with this config's hyperparameters put back on top."""
-        from atomica_ray.train.checkpoint import model_files
+        from atomica_ray.models import load_atomica
 
         saved = read_train_state(path)
-        _, weights = model_files(path)
-        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        config, weights = model_files(path)
+        # through ATOMICA's format (e3nn buffer names reconciled), then into this run's model
+        self.model.load_state_dict(load_atomica(config, weights, model_type=self.task.model_class).state_dict())
         if "raw_model" in saved:  # the model dir holds EMA weights; training continues from the raw ones
             self.model.load_state_dict(saved["raw_model"])
         self.model.to(self.device)
@@ -217,6 +219,12 @@ class WorkerRun:
 
         rngs = dist.gather_objects(rng_state())  # collective: every rank's RNG goes into rank 0's checkpoint
         self.logger.log_report(metrics)
+        key = self.task.selection_metric
+        value = metrics.get(key)
+        if self.valid_spec is not None and not (isinstance(value, float) and math.isfinite(value)):
+            # A mid-epoch checkpoint is not validated (or validation gave no number): rank it below every
+            # validated one. Ray needs a finite number (its checkpoint index stores NaN/inf as null, then fails).
+            metrics = {**metrics, key: sys.float_info.max if self.task.mode == "min" else -sys.float_info.max}
         with tempfile.TemporaryDirectory(prefix="atomica-ckpt-") as tmp:
             checkpoint = None
             if self.rank == 0:
@@ -354,8 +362,6 @@ class WorkerRun:
             "lr": getattr(self, "lr", self.cfg.lr), "skipped_oom": st.skipped_oom,
             "skipped_nonfinite": st.skipped_nonfinite,
         }
-        if mid_epoch and self.valid_spec is not None:
-            metrics[self.task.selection_metric] = float("nan")  # not validated: ranked last among checkpoints
         return metrics
 
     @torch.no_grad()
