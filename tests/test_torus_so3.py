@@ -61,6 +61,15 @@ def test_tables_are_built_lazily_in_the_user_cache_not_the_working_directory(cac
     assert list(cache.glob("igso3_*.npy"))
 
 
+def test_an_unwritable_cache_falls_back_to_memory(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("ATOMICA_RAY_CACHE", str(blocker))
+    with pytest.warns(RuntimeWarning, match="cannot cache"):
+        prob = so3.IGSO3(0.3, 1.0).prob
+    assert prob.sum() == pytest.approx(1.0)
+
+
 def test_torus_table_axes_are_atomicas():
     assert len(torus.X_GRID) == len(torus.SIGMA_GRID) == 5001
     assert torus.X_GRID[0] == pytest.approx(1e-5 * np.pi) and torus.X_GRID[-1] == pytest.approx(np.pi)

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,21 +74,25 @@ def cached_array(name: str, build) -> np.ndarray:
 
     The file is written under a temporary name and renamed, so a reader never sees a partial table.
     """
-    directory = cache_dir()
-    path = directory / name
-    if not path.exists():
-        with _file_lock(directory / (name + ".lock")):
-            if not path.exists():
-                array = np.ascontiguousarray(build())
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=name + ".", suffix=".tmp")
-                try:
-                    with os.fdopen(fd, "wb") as fh:
-                        np.save(fh, array)
-                    os.replace(tmp, path)
-                except BaseException:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                    raise
+    try:
+        directory = cache_dir()
+        path = directory / name
+        if not path.exists():
+            with _file_lock(directory / (name + ".lock")):
+                if not path.exists():
+                    array = np.ascontiguousarray(build())
+                    fd, tmp = tempfile.mkstemp(dir=directory, prefix=name + ".", suffix=".tmp")
+                    try:
+                        with os.fdopen(fd, "wb") as fh:
+                            np.save(fh, array)
+                        os.replace(tmp, path)
+                    except BaseException:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(tmp)
+                        raise
+    except OSError as exc:  # read-only or full cache: work from memory, rebuilt per process
+        warnings.warn(f"cannot cache {name} ({exc}); building it in memory", RuntimeWarning, stacklevel=2)
+        return np.ascontiguousarray(build())
     try:
         return np.load(path, mmap_mode="r")
     except (ValueError, OSError) as exc:
