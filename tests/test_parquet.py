@@ -77,6 +77,10 @@ def test_round_trip(sources, tmp_path):
     assert ds.index["n_atoms"].tolist() == [len(r["A"]) for r in expected]
     assert ds.index["n_blocks0"].tolist() == [int(np.sum(r["segment_ids"] == 0)) for r in expected]
     assert ds.index["modality"].tolist() == [r["modality"] for r in expected]
+    # the index is one small row group; items.parquet holds the same columns if it is missing
+    assert pq.ParquetFile(out / "index.parquet").metadata.num_row_groups == 1
+    os.remove(out / "index.parquet")
+    assert all(np.array_equal(ParquetItems(str(out)).index[k], v) for k, v in ds.index.items())
     # fields a caller does not ask for are not read
     rec = ds.get([0], fields=())[0]
     assert "torsion_mask" not in rec and "block_embeddings" not in rec and rec["label"] == expected[0]["label"]

@@ -39,7 +39,6 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
-import orjson
 
 from atomica_ray.data.vocab import GLB, MODALITIES, get_vocab
 
@@ -105,6 +104,8 @@ def _read_pickle(path: str, allow_pickle: bool) -> list:
 
 
 def _read_jsonl(path: str) -> Iterator[dict]:
+    import orjson  # only needed for this format
+
     opener = gzip.open if path.lower().endswith(".gz") else open
     line_no = 0
     try:

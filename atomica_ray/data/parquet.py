@@ -3,6 +3,9 @@
 A dataset is a directory:
     items.parquet   one row per item, list columns, row groups of `row_group_items` rows (32 by default: a
                     shuffled batch touches a few small row groups rather than one huge one)
+    index.parquet   the size / label columns of every item in one row group: what batch planning reads
+                    (about 50 bytes an item; 10 ms for 100k items, where the same columns spread over
+                    items.parquet's thousands of row groups take seconds)
     dataset.json    format name, schema version, item count, row groups, sources, summary statistics
 
 Columns of items.parquet (schema version 1):
@@ -47,6 +50,7 @@ from atomica_ray.data.vocab import GLB, get_vocab
 FORMAT = "atomica-ray-items"
 SCHEMA_VERSION = 1
 ITEMS_FILE = "items.parquet"
+INDEX_FILE = "index.parquet"
 META_FILE = "dataset.json"
 DEFAULT_ROW_GROUP_ITEMS = 32
 
@@ -257,23 +261,30 @@ def write_dataset(
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
         summary = _Summary()
+        index_parts: list[pa.Table] = []
         writer = pq.ParquetWriter(os.path.join(tmp, ITEMS_FILE), SCHEMA, compression="zstd")
+
+        def flush(chunk: list[dict], src: str) -> None:
+            summary.add(chunk, src)
+            table = records_to_table(chunk)
+            writer.write_table(table, row_group_size=row_group_items)
+            index_parts.append(table.select(list(INDEX_COLUMNS)))
+
         try:
             chunk: list[dict] = []
             src = ""
             for src, rec in records:
                 chunk.append(rec)
                 if len(chunk) == row_group_items:
-                    summary.add(chunk, src)
-                    writer.write_table(records_to_table(chunk), row_group_size=row_group_items)
+                    flush(chunk, src)
                     chunk = []
             if chunk:
-                summary.add(chunk, src)
-                writer.write_table(records_to_table(chunk), row_group_size=row_group_items)
+                flush(chunk, src)
         finally:
             writer.close()
         if summary.n_items == 0:
             raise DataError("no items to write: the sources are empty")
+        write_index(pa.concat_tables(index_parts), tmp)
         meta = {
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -292,6 +303,12 @@ def write_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_index(table: pa.Table, directory: str) -> None:
+    """index.parquet: the size / label columns, one row group."""
+    pq.write_table(table.select(list(INDEX_COLUMNS)).combine_chunks(), os.path.join(directory, INDEX_FILE),
+                   row_group_size=max(1, table.num_rows), compression="zstd")
 
 
 def _replace_dir(src: str, dst: str) -> None:
@@ -459,8 +476,10 @@ class ParquetItems:
         self._cache: OrderedDict[tuple, _DecodedGroup] = OrderedDict()
 
     def _read_index(self) -> dict[str, np.ndarray]:
+        index_path = os.path.join(self.path, INDEX_FILE)
+        sources = [index_path] if os.path.isfile(index_path) else self.files  # items.parquet holds them too
         parts = []
-        for f in self.files:
+        for f in sources:
             try:
                 parts.append(pq.read_table(f, columns=list(INDEX_COLUMNS)))
             except (OSError, pa.ArrowException) as e:
