@@ -93,6 +93,8 @@ def test_kind_filters():
     assert eligible_items(idx, "pretrain_torsion").tolist() == [1, 2, 5]  # item 4: torsions only in a 2-atom segment
     assert eligible_items(idx, "pretrain_masked").tolist() == [0, 1, 4, 5]
     assert eligible_items(idx, "pretrain_masked_torsion").tolist() == [1, 5]
+    idx["n_rot0"][:] = idx["n_rot1"][:] = -1  # no stored torsion masks: computed later, so kept
+    assert eligible_items(idx, "pretrain_torsion").tolist() == [0, 1, 2, 3, 5]
 
 
 def test_label_balance_resamples():

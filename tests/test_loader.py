@@ -212,3 +212,15 @@ def test_missing_labels_are_reported(tmp_path):
     src.write_bytes(pickle.dumps(items))
     with pytest.raises(DataError, match=r"item 1 \(id 'synthetic_0_1_PL_v1'\), field label"):
         make_loader(DataSpec(str(src), kind="labelled", allow_pickle=True))
+
+
+def test_items_without_torsion_masks_still_pretrain(tmp_path):
+    items = _variants(6)
+    for it in items:
+        del it["data"]["torsion_mask"]
+    src = tmp_path / "nomask.pkl"
+    src.write_bytes(pickle.dumps(items))
+    spec = DataSpec(str(src), kind="pretrain_torsion", allow_pickle=True, max_n_vertex_per_gpu=200)
+    batches = list(make_loader(spec, seed=0, epoch=0))
+    assert sum(len(b["lengths"]) for b in batches) == 6  # masks computed on the fly; no item dropped
+    assert all(b["tor_edges"].shape[1] == len(b["tor_score"]) > 0 for b in batches)

@@ -52,6 +52,7 @@ def dataset_stats(ds: ParquetItems) -> dict:
         "affinity": _distribution(idx["affinity"], False),
         "modality": {names.get(int(m), "none" if m < 0 else str(m)): int(c) for m, c in zip(mods, counts)},
         "items_with_torsions": int(np.sum((idx["n_rot0"] > 0) | (idx["n_rot1"] > 0))),
+        "items_without_torsion_masks": int(np.sum(idx["n_rot0"] < 0)),
         "block_embeddings": ds.meta.get("embedding_dims", {}),
         "fragmentation_method": ds.meta.get("fragmentation_method"),
     }
@@ -84,7 +85,9 @@ def run(args) -> int:
         else:
             print(f"{name}: {_fmt(d)}" + (f" ({d['missing']} missing)" if d["missing"] else ""))
     print("modality: " + ", ".join(f"{k}: {v}" for k, v in stats["modality"].items()))
-    print(f"items with rotatable bonds: {stats['items_with_torsions']}")
+    print(f"items with rotatable bonds: {stats['items_with_torsions']}"
+          + (f" ({stats['items_without_torsion_masks']} without torsion masks)"
+             if stats["items_without_torsion_masks"] else ""))
     if stats["block_embeddings"]:
         print("block embeddings: " + ", ".join(f"{k} ({v})" for k, v in stats["block_embeddings"].items()))
     return 0

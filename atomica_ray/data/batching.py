@@ -5,6 +5,8 @@ decoded, so planning a 100k-item epoch takes milliseconds, and a resumed run re-
 
 1. Eligible items: the kind's filters, from the size index (torsion kinds need a segment with rotatable bonds
    and > 2 atoms; masked kinds need maskable blocks in both segments, as ATOMICA's pretraining datasets do).
+   Items stored without torsion masks stay eligible for torsion kinds: their masks are computed when noised,
+   and the transform drops the item if it has none.
 2. Order: a permutation from rng(seed, epoch), or, with `balance`, a resample with replacement of as many items
    (label: weight 1/count(label); modality: 1/log(count(modality)), counts below 2 taken as 2 so a singleton
    modality gets a finite weight, unlike ATOMICA).
@@ -47,7 +49,9 @@ def eligible_items(index: dict[str, np.ndarray], kind: str) -> np.ndarray:
     n = len(index["n_blocks"])
     ok = np.ones(n, dtype=bool)
     if kind in TORSION_KINDS:
-        ok &= ((index["n_rot0"] > 0) & (index["n_atoms0"] > 2)) | ((index["n_rot1"] > 0) & (index["n_atoms1"] > 2))
+        # n_rot < 0: the item has no stored torsion masks; the transform computes them and may still drop it
+        rot0, rot1 = index["n_rot0"] != 0, index["n_rot1"] != 0
+        ok &= (rot0 & (index["n_atoms0"] > 2)) | (rot1 & (index["n_atoms1"] > 2))
     if kind in MASKED_KINDS:
         ok &= (index["n_mask0"] > 0) & (index["n_mask1"] > 0)
     if kind == "pretrain_atom":

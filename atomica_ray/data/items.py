@@ -211,6 +211,9 @@ def validate_item(item: object, source: str, index: int, num_block_types: int | 
         )
     if len(atom_positions) != n_atoms:
         raise DataError(f"{loc('atom_positions')}: length {len(atom_positions)} != len(X)={n_atoms}")
+    if B.size and B.max() >= num_block_types:
+        raise DataError(f"{loc('B')}: unknown block type index {int(B.max())} (valid: 0..{num_block_types - 1}; "
+                        "fragment blocks of another vocabulary need --fragmentation-method / fragmentation_method)")
     _check_range(B, num_block_types, loc("B"), "block type")
     vocab = get_vocab(None)
     _check_range(A, vocab.num_atom_types, loc("A"), "atom type")

@@ -277,8 +277,11 @@ def make_loader(spec: DataSpec, seed: int = 0, epoch: int = 0, rank: int = 0, wo
             raise DataError(f"{items.path}: balance='label' needs a label on every item")
     elif spec.balance == "modality":
         groups = items.index["modality"]
-    plan = plan_epoch(items.index, spec.kind, spec.max_n_vertex_per_gpu, spec.max_n_vertex_per_item, seed, epoch,
-                      world_size, shuffle=shuffle, balance=spec.balance, groups=groups)
+    try:
+        plan = plan_epoch(items.index, spec.kind, spec.max_n_vertex_per_gpu, spec.max_n_vertex_per_item, seed, epoch,
+                          world_size, shuffle=shuffle, balance=spec.balance, groups=groups)
+    except ValueError as e:
+        raise DataError(f"{items.path}: {e}") from e
     batches = EpochBatches(items, plan.rank_batches(rank), plan.crop_to, labels, spec, seed, epoch,
                            make_transform_for(spec))
     if not 0 <= start_batch <= len(batches):

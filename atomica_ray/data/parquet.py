@@ -12,7 +12,8 @@ Columns of items.parquet (schema version 1):
     id                                   string
     n_blocks, n_atoms                    int32   size index: batch planning reads only these small columns
     n_blocks0, n_atoms0, n_atoms1        int32   blocks of segment 0, atoms per segment (global atoms included)
-    n_rot0, n_rot1                       int32   rotatable bonds per segment (torsion kinds drop items without)
+    n_rot0, n_rot1                       int32   rotatable bonds per segment (torsion kinds drop items without);
+                                                 -1 when the item has no torsion masks
     n_mask0, n_mask1                     int32   maskable (non-special) blocks per segment
     X                                    list<float32>  flattened [n_atoms, 3]
     B, block_lengths                     list<int32>
@@ -89,7 +90,7 @@ SCHEMA = pa.schema(
 def _segment_counts(r: dict) -> dict:
     seg, B = r["segment_ids"], r["B"]
     atoms_per_block = r["block_lengths"]
-    n_rot = [0, 0]
+    n_rot = [-1, -1] if r["torsion_mask"] is None else [0, 0]  # -1: no masks stored (computed when noised)
     for s, entry in enumerate(r["torsion_mask"] or []):
         if entry is None or s > 1:
             continue
