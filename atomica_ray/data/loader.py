@@ -223,6 +223,9 @@ def _identity(x):
 
 def _worker_init(_):
     torch.set_num_threads(1)  # one decoding process per core; no intra-op thread pools fighting
+    info = torch.utils.data.get_worker_info()
+    if info is not None:  # a forked worker opens its own file handles rather than sharing the parent's
+        info.dataset.items.reset()
 
 
 class EpochLoader:

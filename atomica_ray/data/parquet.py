@@ -504,6 +504,10 @@ class ParquetItems:
         state["_handles"], state["_cache"] = {}, OrderedDict()
         return state
 
+    def reset(self) -> None:
+        """Forget open files and decoded row groups (e.g. in a forked worker process)."""
+        self._handles, self._cache = {}, OrderedDict()
+
     def _columns(self, fields) -> list[str]:
         cols = list(CORE_COLUMNS)
         for f in (ALL_FIELDS if fields is None else fields):
