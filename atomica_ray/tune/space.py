@@ -3,7 +3,7 @@
 A space file names config keys (the flat `TrainConfig` keys: lr, final_lr, grad_clip, dropout, k_neighbors, ...)
 and one distribution for each:
 
-    task: PDBBind                 # optional: the task this space was written for (checked against the run config)
+    task: [PDBBind, regression]   # optional: the task(s) this space was written for (checked against the run config)
     metric: val_rmse              # optional: defaults to the task's selection metric
     mode: min                     # optional: min | max (needed when metric is given)
     params:
@@ -89,7 +89,7 @@ class Param:
 class SearchSpace:
     path: str
     params: dict[str, Param]
-    task: str | None = None
+    tasks: tuple[str, ...] = ()  # empty: any task
     metric: str | None = None
     mode: str | None = None
     asha: dict = field(default_factory=dict)
@@ -223,9 +223,10 @@ def parse_space(doc: Any, path: str = "<space>") -> SearchSpace:
         if k not in parsed:
             raise SpaceError(f"{path}: pbt.mutate: {k}: not one of this space's params")
     task = doc.get("task")
-    if task is not None and not isinstance(task, str):
-        raise SpaceError(f"{path}: task: expected a task name, got {task!r}")
-    return SearchSpace(path=path, params=parsed, task=task, metric=metric, mode=mode, asha=asha, pbt=pbt)
+    tasks = [task] if isinstance(task, str) else task if task is not None else []
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise SpaceError(f"{path}: task: expected a task name or a list of them, got {task!r}")
+    return SearchSpace(path=path, params=parsed, tasks=tuple(tasks), metric=metric, mode=mode, asha=asha, pbt=pbt)
 
 
 def load_space(path: str | Path) -> SearchSpace:

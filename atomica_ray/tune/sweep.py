@@ -303,9 +303,9 @@ def resolve_settings(base_config: dict, space: SearchSpace, *, name: str, storag
     check_inputs(cfg)
     cfg = absolute_paths(cfg)  # trial drivers run in their own directories
     task = get_task(cfg.task)
-    if space.task and space.task != cfg.task and not (space.task in ("PDBBind", "regression") and
-                                                      cfg.task in ("PDBBind", "regression")):
-        raise SpaceError(f"{space.path}: task: the space is for {space.task}, the run config trains {cfg.task}")
+    if space.tasks and cfg.task not in space.tasks:
+        raise SpaceError(f"{space.path}: task: the space is for {', '.join(space.tasks)}, the run config trains "
+                         f"{cfg.task}")
     if not cfg.valid_set and not space.metric:
         raise ValueError("config: key 'valid_set' is required for a sweep: trials are ranked by a validation metric")
     # every trial's config must be valid: try each param's extreme values now rather than in a trial
@@ -341,7 +341,9 @@ def resolve_settings(base_config: dict, space: SearchSpace, *, name: str, storag
 def space_document(space: SearchSpace) -> dict:
     """The space back as a YAML-shaped document (stored in sweep.json)."""
     doc: dict[str, Any] = {"params": {k: {p.kind: list(p.args)} for k, p in space.params.items()}}
-    for key in ("task", "metric", "mode"):
+    if space.tasks:
+        doc["task"] = list(space.tasks)
+    for key in ("metric", "mode"):
         if getattr(space, key) is not None:
             doc[key] = getattr(space, key)
     if space.asha:
