@@ -59,7 +59,8 @@ def eligible_items(index: dict[str, np.ndarray], kind: str) -> np.ndarray:
     return np.nonzero(ok)[0]
 
 
-def item_caps(index: dict[str, np.ndarray], kind: str, budget: int, max_per_item: int | None) -> tuple[np.ndarray, np.ndarray]:
+def item_caps(index: dict[str, np.ndarray], kind: str, budget: int,
+              max_per_item: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(planned block count, crop cap or 0) per item.
 
     prot_interface items count twice (complex + protein alone, as ATOMICA's `len`), so their complex is cropped

@@ -70,7 +70,8 @@ def source_format(path: str) -> str:
         return "pickle"
     if name.endswith(".jsonl.gz") or name.endswith(".jsonl"):
         return "jsonl"
-    raise DataError(f"{path}: unknown file type; expected an ATOMICA .pkl or .jsonl.gz file (or a Parquet dataset directory)")
+    raise DataError(f"{path}: unknown file type; expected an ATOMICA .pkl or .jsonl.gz file "
+                    "(or a Parquet dataset directory)")
 
 
 def iter_raw_items(path: str, allow_pickle: bool = False) -> Iterator[dict]:

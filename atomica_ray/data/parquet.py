@@ -207,7 +207,8 @@ def records_to_table(records: list[dict]) -> pa.Table:
     cols["modality"] = pa.array([r["modality"] for r in records], type=pa.int32())
     cols["dist_th"] = pa.array([r["dist_th"] for r in records], type=pa.float32())
     b2p = [r["block_to_pdb_indexes"] for r in records]
-    cols["b2p_blocks"] = _list_array([None if d is None else np.array(list(d.keys()), dtype=np.int32) for d in b2p], pa.int32())
+    cols["b2p_blocks"] = _list_array(
+        [None if d is None else np.array(list(d.keys()), dtype=np.int32) for d in b2p], pa.int32())
     cols["b2p_residues"] = pa.array([None if d is None else list(d.values()) for d in b2p], type=pa.list_(pa.string()))
     return pa.Table.from_arrays([cols[f.name] for f in SCHEMA], schema=SCHEMA)
 

@@ -55,7 +55,8 @@ ATOM_POSITIONS = ("p", "m", "g", "", "A", "B", "G", "D", "E", "Z", "H", "XT", "P
 def read_fragment_smiles(method: str) -> list[str]:
     """SMILES of a principal-subgraph vocabulary, in file order (line 1 is a JSON config)."""
     if method not in FRAGMENTATION_FILES:
-        raise ValueError(f"unknown fragmentation_method {method!r}; expected one of {sorted(FRAGMENTATION_FILES)} or None")
+        raise ValueError(f"unknown fragmentation_method {method!r}; "
+                         f"expected one of {sorted(FRAGMENTATION_FILES)} or None")
     text = resources.files("atomica_ray.data").joinpath("vocabs", FRAGMENTATION_FILES[method]).read_text()
     lines = text.strip().split("\n")
     json.loads(lines[0])  # {"kekulize": false}; only checks the header is there
