@@ -231,6 +231,7 @@ def make_pbt(settings: SweepSettings, space: SearchSpace):
                 log.info("PBT: donor %s has no checkpoint yet; %s is not exploited", donor.trial_id, trial.trial_id)
                 return
             self._exploit(tune_controller, trial, donor)
+            self._trial_state[trial].last_checkpoint = None  # the run it abandoned is no donor
 
     pbt = dict(space.pbt)
     return TrainCheckpointPBT(
@@ -261,8 +262,13 @@ def make_searcher(settings: SweepSettings, concurrency: int):
     if settings.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
+        import optuna
+
+        # TPE starts from random points (10 by default, i.e. all of a small sweep): use half the budget, at least 2
+        startup = max(2, min(10, settings.num_samples // 2))
+        sampler = optuna.samplers.TPESampler(n_startup_trials=startup, seed=settings.seed)
         # TPE learns from finished points; with many trials in flight it degrades to random search
-        return ConcurrencyLimiter(OptunaSearch(seed=settings.seed), max_concurrent=concurrency)
+        return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=concurrency)
     return BasicVariantGenerator(random_state=settings.seed)
 
 
