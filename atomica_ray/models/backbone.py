@@ -11,6 +11,10 @@ recorded in `get_config()` when they differ from ATOMICA (absent keys mean ATOMI
   attention_mask   cross-attention and attention pooling ignore padding instead of attending to zero vectors, so
                    an item's outputs no longer depend on the rest of its batch (§5 item 2). ATOMICA: False.
                    Fixed: True.
+  direction_eps    edges shorter than this (Angstrom) carry no direction. ATOMICA (0) normalises rounding noise
+                   into a random direction: the global-denoising edge from an item's centre to its global atom,
+                   which sits at that centre, breaks the rotation equivariance of the translation / rotation
+                   predictions. Fixed: 1e-3.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from .interaction import ATOMICAEncoder
 from .scatter import scatter_mean, scatter_sum
 
 # What ATOMICA itself does; a config without these keys was written by ATOMICA (or reproduces it).
-ATOMICA_BEHAVIOUR = {"unk_is_global": True, "attention_mask": False}
-FIXED_BEHAVIOUR = {"unk_is_global": False, "attention_mask": True}
+ATOMICA_BEHAVIOUR = {"unk_is_global": True, "attention_mask": False, "direction_eps": 0.0}
+FIXED_BEHAVIOUR = {"unk_is_global": False, "attention_mask": True, "direction_eps": 1e-3}
 
 
 @dataclass
@@ -72,7 +76,8 @@ class AtomicaBackbone(nn.Module):
                  atom_noise: bool = False, translation_noise: bool = False, rotation_noise: bool = False,
                  torsion_noise: bool = False, modality_embedding: bool = False,
                  unk_is_global: bool = FIXED_BEHAVIOUR["unk_is_global"],
-                 attention_mask: bool = FIXED_BEHAVIOUR["attention_mask"]):
+                 attention_mask: bool = FIXED_BEHAVIOUR["attention_mask"],
+                 direction_eps: float = FIXED_BEHAVIOUR["direction_eps"]):
         super().__init__()
         self.atom_hidden_size = atom_hidden_size
         self.hidden_size = block_hidden_size
@@ -88,6 +93,7 @@ class AtomicaBackbone(nn.Module):
         self.use_modality_embedding = modality_embedding
         self.unk_is_global = bool(unk_is_global)
         self.attention_mask = bool(attention_mask)
+        self.direction_eps = float(direction_eps)
         self.global_block_id = GLB
 
         vocab = get_vocab(fragmentation_method)
@@ -105,6 +111,8 @@ class AtomicaBackbone(nn.Module):
         )
         self.top_encoder = ATOMICAEncoder(block_hidden_size, edge_size, n_layers=n_layers, dropout=dropout,
                                           max_edge_length=5)
+        for enc in (self.encoder, self.top_encoder):
+            enc.encoder.min_direction_length = self.direction_eps
         self.atom_block_attn = CrossAttention(block_hidden_size, atom_hidden_size, block_hidden_size, num_heads=4,
                                               dropout=dropout)
         self.atom_block_attn_norm = nn.LayerNorm(block_hidden_size)
@@ -127,7 +135,8 @@ class AtomicaBackbone(nn.Module):
 
     def behaviour_config(self) -> dict:
         """The defect flags, only where they differ from ATOMICA (so ATOMICA-numerics configs stay ATOMICA's)."""
-        current = {"unk_is_global": self.unk_is_global, "attention_mask": self.attention_mask}
+        current = {"unk_is_global": self.unk_is_global, "attention_mask": self.attention_mask,
+                   "direction_eps": self.direction_eps}
         return {k: v for k, v in current.items() if v != ATOMICA_BEHAVIOUR[k]}
 
     # --- block-embedding features (optional external per-block inputs) ------------------------------------

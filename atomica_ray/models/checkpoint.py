@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 ENCODER_ARCH = ("atom_hidden_size", "block_hidden_size", "edge_size", "n_layers", "fragmentation_method")
 # may differ between the checkpoint and the run that loads it (ATOMICA's create_model passes them on)
 RUN_SETTINGS = ("k_neighbors", "dropout", "bottom_global_message_passing", "global_message_passing",
-                "unk_is_global", "attention_mask", "pred_dropout", "affinity_pred_dropout", "projector_dropout",
-                "atom_weight", "translation_weight", "rotation_weight", "torsion_weight", "mask_weight")
+                "unk_is_global", "attention_mask", "direction_eps", "pred_dropout", "affinity_pred_dropout",
+                "projector_dropout", "atom_weight", "translation_weight", "rotation_weight", "torsion_weight",
+                "mask_weight")
 CONFIG_NAME = "config.json"
 
 
@@ -156,9 +157,10 @@ def _transfer_kwargs(target: str, source_cfg: dict, overrides: dict) -> dict:
     return kwargs
 
 
-def _encoder_source(cfg: dict, state: dict, where: str) -> tuple[dict, dict]:
-    """(encoder config, state dict) of a checkpoint; for ProteinInterfaceModel its protein encoder."""
-    if cfg["model_type"] == "ProteinInterfaceModel":
+def _encoder_source(source: str, cfg: dict, state: dict, where: str) -> tuple[dict, dict]:
+    """(encoder config, state dict) of a `source`-class checkpoint; for ProteinInterfaceModel its protein
+    encoder."""
+    if source == "ProteinInterfaceModel":
         sub = {k[len("prot_model."):]: v for k, v in state.items() if k.startswith("prot_model.")}
         if "prot_model" not in cfg or not sub:
             raise ValueError(f"{where}: a ProteinInterfaceModel checkpoint needs 'prot_model' config and weights")
@@ -221,12 +223,13 @@ def load_atomica(config, weights, model_type: str | None = None, partial_finetun
         try:
             model.load_state_dict(_reconcile_e3nn(model, state), strict=True)
         except RuntimeError as err:
-            raise ValueError(f"{weights_where}: does not match {target} built from {cfg_where}: {err}") from err
+            detail = " ".join(str(err).split())
+            raise ValueError(f"{weights_where}: does not match {target} built from {cfg_where}: {detail}") from err
         if partial_finetune:
             freeze_all_but_head(model)
         return model
 
-    src_cfg, src_state = _encoder_source(cfg, state, cfg_where)
+    src_cfg, src_state = _encoder_source(source, cfg, state, cfg_where)
     encoder_type = "PredictionModel" if target == "ProteinInterfaceModel" else target
     kwargs = _transfer_kwargs(encoder_type, src_cfg, overrides)
     model = build_model(encoder_type, kwargs)

@@ -102,6 +102,11 @@ class TensorProductConv(nn.Module):
         return self.norm_layer(out)
 
 
-def spherical_harmonics(irreps, vec: torch.Tensor) -> torch.Tensor:
-    """Y(vec / |vec|) with 'component' normalisation, as ATOMICA calls e3nn."""
+def spherical_harmonics(irreps, vec: torch.Tensor, min_length: float = 0.0) -> torch.Tensor:
+    """Y(vec / |vec|) with 'component' normalisation, as ATOMICA calls e3nn.
+
+    Vectors shorter than `min_length` get no direction (Y = 1 for l = 0, 0 above): normalising rounding noise
+    would give them a random one."""
+    if min_length > 0:
+        vec = torch.where(vec.norm(dim=-1, keepdim=True) < min_length, torch.zeros_like(vec), vec)
     return o3.spherical_harmonics(irreps, vec, normalize=True, normalization="component")

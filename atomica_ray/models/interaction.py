@@ -36,6 +36,8 @@ class InteractionModule(nn.Module):
                  max_global_edge_length: float = 20, max_torsion_edge_length: float = 5):
         super().__init__()
         self.ns, self.nv = ns, nv
+        # edges shorter than this carry no direction (0 = ATOMICA: any rounding noise is normalised)
+        self.min_direction_length = 0.0
         self.num_conv_layers = num_conv_layers
         self.sh_irreps = o3.Irreps.spherical_harmonics(lmax=sh_lmax)
         self.edge_embedder = distance_embedder(edge_size, max_edge_length, dropout)
@@ -91,7 +93,7 @@ class InteractionModule(nn.Module):
     def forward(self, node_attr: torch.Tensor, pos: torch.Tensor, edges: torch.Tensor, edge_type_attr: torch.Tensor):
         """Returns (final irreps features [N, dim], node embeddings [N, node_embedding_dim], edge geometry)."""
         edge_vec = pos[edges[1]] - pos[edges[0]]  # [E, 3], receiver -> sender
-        edge_sh = spherical_harmonics(self.sh_irreps, edge_vec)  # [E, 9]
+        edge_sh = spherical_harmonics(self.sh_irreps, edge_vec, self.min_direction_length)  # [E, 9]
         edge_length = edge_vec.norm(dim=-1)  # [E]
         length_embedding = self.edge_embedder(edge_length)
         for layer in self.layers:
@@ -122,7 +124,8 @@ class InteractionModule(nn.Module):
         edges = torch.stack((atom_item, atoms))  # [2, P]: centre receives from atom
         vec = pos[atoms] - center[atom_item]
         edge_attr = torch.cat((self.global_denoise_edge_embedder(vec.norm(dim=-1)), node_attr[atoms, : self.ns]), 1)
-        pred = self.global_denoise_predictor(node_attr, edges, edge_attr, spherical_harmonics(self.sh_irreps, vec),
+        pred = self.global_denoise_predictor(node_attr, edges, edge_attr,
+                                             spherical_harmonics(self.sh_irreps, vec, self.min_direction_length),
                                              out_nodes=n_items)  # [n_items, 12] = 2x1o + 2x1e
         return pred[:, :3] + pred[:, 6:9], pred[:, 3:6] + pred[:, 9:]
 
@@ -138,8 +141,8 @@ class InteractionModule(nn.Module):
             (self.torsion_edge_embedder(vec.norm(dim=-1)), node_embeddings[atom, : self.ns],
              bond_attr[bond, : self.ns]), dim=-1,
         )
-        edge_sh = spherical_harmonics(self.sh_irreps, vec)
-        bond_sh = spherical_harmonics("2e", pos[tor_edges[1]] - pos[tor_edges[0]])  # [n_bonds, 5]
+        edge_sh = spherical_harmonics(self.sh_irreps, vec, self.min_direction_length)
+        bond_sh = spherical_harmonics("2e", pos[tor_edges[1]] - pos[tor_edges[0]], self.min_direction_length)
         tor_edge_sh = self.final_tp_tor(edge_sh, bond_sh[bond])
         pred = self.tor_bond_conv(node_attr, radius_edges, edge_attr, tor_edge_sh, out_nodes=tor_edges.shape[1])
         return self.tor_final_layer(pred).flatten()

@@ -13,10 +13,12 @@ class MaskedNodeModel(PredictionModel):
     def __init__(self, atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers,
                  num_masked_block_classes, dropout=0.0, bottom_global_message_passing=False,
                  global_message_passing=False, fragmentation_method=None,
-                 unk_is_global=FIXED_BEHAVIOUR["unk_is_global"], attention_mask=FIXED_BEHAVIOUR["attention_mask"]):
+                 unk_is_global=FIXED_BEHAVIOUR["unk_is_global"], attention_mask=FIXED_BEHAVIOUR["attention_mask"],
+                 direction_eps=FIXED_BEHAVIOUR["direction_eps"]):
         super().__init__(atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers, dropout,
                          bottom_global_message_passing, global_message_passing, fragmentation_method,
-                         unk_is_global=unk_is_global, attention_mask=attention_mask)
+                         unk_is_global=unk_is_global, attention_mask=attention_mask,
+                         direction_eps=direction_eps)
         self.num_masked_block_classes = num_masked_block_classes
         self.masked_ffn = masked_block_ffn(block_hidden_size, num_masked_block_classes, dropout)
 

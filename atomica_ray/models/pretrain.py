@@ -58,12 +58,14 @@ class DenoisePretrainModel(AtomicaBackbone):
                  atom_noise=True, translation_noise=True, rotation_noise=True, torsion_noise=True,
                  num_masked_block_classes=None, atom_weight=1, translation_weight=1, rotation_weight=1,
                  torsion_weight=1, mask_weight=1, modality_embedding=False,
-                 unk_is_global=FIXED_BEHAVIOUR["unk_is_global"], attention_mask=FIXED_BEHAVIOUR["attention_mask"]):
+                 unk_is_global=FIXED_BEHAVIOUR["unk_is_global"], attention_mask=FIXED_BEHAVIOUR["attention_mask"],
+                 direction_eps=FIXED_BEHAVIOUR["direction_eps"]):
         super().__init__(atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers, dropout,
                          bottom_global_message_passing, global_message_passing, fragmentation_method,
                          atom_noise=atom_noise, translation_noise=translation_noise, rotation_noise=rotation_noise,
                          torsion_noise=torsion_noise, modality_embedding=modality_embedding,
-                         unk_is_global=unk_is_global, attention_mask=attention_mask)
+                         unk_is_global=unk_is_global, attention_mask=attention_mask,
+                         direction_eps=direction_eps)
         self.atom_weight = atom_weight
         self.translation_weight = translation_weight
         self.rotation_weight = rotation_weight
@@ -186,12 +188,13 @@ class DenoisePretrainModelWithBlockEmbedding(DenoisePretrainModel):
                  torsion_weight=1, mask_weight=1, modality_embedding=False, num_projector_layers=3,
                  projector_hidden_size=32, projector_dropout=0, block_embedding_size=None, block_embedding0_size=None,
                  block_embedding1_size=None, unk_is_global=FIXED_BEHAVIOUR["unk_is_global"],
-                 attention_mask=FIXED_BEHAVIOUR["attention_mask"]):
+                 attention_mask=FIXED_BEHAVIOUR["attention_mask"], direction_eps=FIXED_BEHAVIOUR["direction_eps"]):
         super().__init__(atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers, dropout,
                          bottom_global_message_passing, global_message_passing, fragmentation_method, atom_noise,
                          translation_noise, rotation_noise, torsion_noise, num_masked_block_classes, atom_weight,
                          translation_weight, rotation_weight, torsion_weight, mask_weight, modality_embedding,
-                         unk_is_global=unk_is_global, attention_mask=attention_mask)
+                         unk_is_global=unk_is_global, attention_mask=attention_mask,
+                         direction_eps=direction_eps)
         self.num_projector_layers = num_projector_layers
         self.projector_hidden_size = projector_hidden_size
         self.projector_dropout = projector_dropout
