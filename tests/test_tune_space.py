@@ -177,3 +177,13 @@ def test_concurrency_is_cluster_resources_over_trial_resources():
         derive_concurrency({"CPU": 1.0}, trial_resources(1, 0))
     with pytest.raises(ValueError, match="one trial needs"):
         derive_concurrency({"CPU": 32.0}, trial_resources(1, 1))  # no GPU in the cluster
+
+
+def test_pbt_refuses_to_perturb_integer_params():
+    s = space({"k_neighbors": {"randint": [6, 12]}, "lr": {"loguniform": [1e-5, 1e-2]}},
+              pbt={"mutate": ["lr", "k_neighbors"]})
+    with pytest.raises(SpaceError, match=r"pbt\.mutate: k_neighbors: PBT cannot perturb an integer randint"):
+        s.pbt_mutations()
+    ok = space({"k_neighbors": {"choice": [6, 9, 12]}, "lr": {"loguniform": [1e-5, 1e-2]}},
+               pbt={"mutate": ["lr", "k_neighbors"]}).pbt_mutations()
+    assert ok["k_neighbors"] == [6, 9, 12]

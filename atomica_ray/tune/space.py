@@ -121,6 +121,10 @@ class SearchSpace:
         out = {}
         for k in keys:
             p = self.params[k]
+            if p.kind == "randint" or p.kind == "quniform" and all(isinstance(x, int) for x in p.args):
+                # PBT perturbs numbers by x0.8 / x1.2: an integer key would get a fraction
+                raise SpaceError(f"{self.path}: pbt.mutate: {k}: PBT cannot perturb an integer {p.kind}; give its "
+                                 "values as choice: [...] (PBT then steps to a neighbouring value)")
             out[k] = list(p.args) if p.enumerable else p.domain("random")
         return out
 

@@ -369,9 +369,12 @@ def concurrency_for(settings: SweepSettings) -> int:
     if n > fits:
         log.warning("--max-concurrent %d exceeds the %d trials the cluster holds now (each needs %s); trials beyond "
                     "that wait for the autoscaler", n, fits, per_trial)
-    if settings.scheduler == "pbt" and settings.num_samples > n:
-        raise ValueError(f"PBT needs its whole population running at once: --num-samples {settings.num_samples} > "
-                         f"{n} concurrent trials; lower --num-samples or add resources")
+    population = settings.num_samples
+    if settings.search == "grid":
+        population *= settings.search_space().grid_size()
+    if settings.scheduler == "pbt" and population > n:
+        raise ValueError(f"PBT needs its whole population running at once: {population} trials > {n} concurrent "
+                         "trials; lower --num-samples or add resources")
     return n
 
 
