@@ -12,6 +12,7 @@ from e3nn import o3
 from torch import nn
 
 from .scatter import scatter_mean
+from .tensor_product import StackedTensorProduct
 
 
 class GaussianSmearing(nn.Module):
@@ -78,7 +79,12 @@ class TensorProductConv(nn.Module):
     edge features, messages `TP(h[sender], Y(edge))` averaged at the receiver, then equivariant layer norm.
 
     `edges[0]` receives, `edges[1]` sends; `out_nodes` sets the number of receivers when they are not the nodes
-    themselves (bonds, item centres)."""
+    themselves (bonds, item centres).
+
+    `self.tp` (e3nn) defines the function and holds ATOMICA's buffers; it is evaluated by `StackedTensorProduct`
+    (same function, a few large matmuls) unless `use_e3nn` is set."""
+
+    use_e3nn = False  # class-wide switch: evaluate with e3nn's own code (reference / debugging)
 
     def __init__(self, in_irreps, sh_irreps, out_irreps, n_edge_features: int, hidden_features: int | None = None,
                  dropout: float = 0.0):
@@ -92,12 +98,17 @@ class TensorProductConv(nn.Module):
             nn.Linear(hidden_features, self.tp.weight_numel),
         )
         self.norm_layer = EquivariantLayerNorm(out_irreps)
+        self.stacked_tp = StackedTensorProduct(self.tp)  # non-persistent buffers only: no state-dict keys
 
     def forward(self, node_attr: torch.Tensor, edges: torch.Tensor, edge_attr: torch.Tensor, edge_sh: torch.Tensor,
                 out_nodes: int | None = None) -> torch.Tensor:
         receiver, sender = edges
-        weights = self.fc(edge_attr)  # [E, weight_numel]
-        message = self.tp(node_attr[sender], edge_sh, weights)  # [E, out_dim]
+        if self.use_e3nn:
+            message = self.tp(node_attr[sender], edge_sh, self.fc(edge_attr))  # [E, out_dim]
+        else:
+            hidden = self.fc[2](self.fc[1](self.fc[0](edge_attr)))  # Linear, ReLU, Dropout
+            weights = self.stacked_tp.stacked_linear(hidden, self.fc[3])  # [E, weight_numel], stacked order
+            message = self.stacked_tp(node_attr[sender], edge_sh, weights)  # [E, out_dim]
         out = scatter_mean(message, receiver, out_nodes if out_nodes is not None else node_attr.shape[0])
         return self.norm_layer(out)
 
