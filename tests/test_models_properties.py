@@ -250,3 +250,98 @@ def test_rotation_helper_is_proper():
     rot = random_rotation(9)
     assert math.isclose(float(torch.det(rot)), 1.0, abs_tol=1e-5)
     assert torch.allclose(rot @ rot.T, torch.eye(3), atol=1e-5)
+
+
+# --- heads with extra inputs ----------------------------------------------------------------------------------------
+def test_protein_interface_contrastive_training_step():
+    torch.manual_seed(0)
+    model = create_model("prot_interface", **TINY).train()
+    its = items(seed=11)
+    cmplx = collate(its)
+    prot_items = [{k: (v[: int((it["segment_ids"] == 0).sum())] if k in ("B", "block_lengths", "segment_ids") else
+                       v[: int(it["block_lengths"][it["segment_ids"] == 0].sum())]) for k, v in it.items()}
+                  for it in its]
+    prot = collate(prot_items)
+    loss = model(cmplx, prot)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for p in model.cmplx_model.parameters())
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    # ATOMICA's NT-Xent, written out
+    z, za = torch.randn(4, 8), torch.randn(4, 8)
+    from atomica_ray.models import contrastive_loss
+    z, za = torch.nn.functional.normalize(z, dim=1), torch.nn.functional.normalize(za, dim=1)
+    t, eye = 0.5, torch.eye(4, dtype=torch.bool)
+    ab, aa, ba, bb = z @ za.T / t, z @ z.T / t, za @ z.T / t, za @ za.T / t
+    la = -torch.log(torch.exp(ab.diag()) / (torch.exp(aa[~eye].view(4, -1)).sum(1) + torch.exp(ab).sum(1)))
+    lb = -torch.log(torch.exp(ba.diag()) / (torch.exp(bb[~eye].view(4, -1)).sum(1) + torch.exp(ba).sum(1)))
+    assert torch.allclose(contrastive_loss(z, za), torch.cat([la, lb]).mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("per_segment", [False, True])
+def test_affinity_with_external_block_features(per_segment):
+    torch.manual_seed(0)
+    batch = collate(items())
+    nb = len(batch["B"])
+    seg = batch["segment_ids"]
+    if per_segment:
+        sizes = dict(block_embedding0_size=5, block_embedding1_size=3)
+        feats = dict(block_embeddings0=torch.randn(int((seg == 0).sum()), 5),
+                     block_embeddings1=torch.randn(int((seg == 1).sum()), 3))
+    else:
+        sizes, feats = dict(block_embedding_size=6), dict(block_embeddings=torch.randn(nb, 6))
+    model = create_model("PDBBind", **TINY, projector_hidden_size=16, **sizes)
+    loss, pred = model(**structure(batch), label=torch.zeros(3), **feats)
+    loss.backward()
+    assert pred.shape == (3,)
+    prefix = "pre_projector0" if per_segment else "pre_projector"
+    assert getattr(model, prefix)[2].weight.grad is not None
+    # the first item alone gives the same prediction (features are placed per block, not reordered)
+    model.eval()
+    n0, seg0 = int(batch["lengths"][0]), seg[: int(batch["lengths"][0])]
+    one = {k: v for k, v in collate(items()[:1]).items()}
+    if per_segment:
+        feats_one = dict(block_embeddings0=feats["block_embeddings0"][: int((seg0 == 0).sum())],
+                         block_embeddings1=feats["block_embeddings1"][: int((seg0 == 1).sum())])
+    else:
+        feats_one = dict(block_embeddings=feats["block_embeddings"][:n0])
+    with torch.no_grad():
+        _, alone = model(**structure(one), label=torch.zeros(1), **feats_one)
+        _, batched = model(**structure(batch), label=torch.zeros(3), **feats)
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+
+
+def test_modality_embedding_and_block_feature_pretraining():
+    batch = collate(items())
+    extra = pretrain_inputs(batch)
+    torch.manual_seed(0)
+    model = create_model("pretrain_torsion", **TINY, atom_noise=0, modality_embedding=True, block_embedding_size=4,
+                         num_projector_layers=2, projector_hidden_size=8)
+    assert type(model).__name__ == "DenoisePretrainModelWithBlockEmbedding"
+    out = model(**structure(batch), **extra, modality=torch.tensor([0, 1, 7]),
+                block_embeddings=torch.randn(len(batch["B"]), 4))
+    out.loss.backward()
+    assert model.modality_embedding.weight.grad[[0, 1, 7]].abs().sum() > 0
+    assert model.modality_embedding.weight.grad[2].abs().sum() == 0
+    assert model.pre_projector[2].weight.grad is not None
+
+
+def test_stacked_tensor_product_equals_e3nn():
+    """The fast evaluation of every tensor product of the encoder is e3nn's function."""
+    from e3nn import o3
+
+    from atomica_ray.models.equivariant import TensorProductConv
+    model = pretrain_model()
+    gen = torch.Generator().manual_seed(0)
+    convs = [m for m in model.modules() if isinstance(m, TensorProductConv)]
+    assert len(convs) == 2 * TINY["n_layers"] + 3  # both encoders, atom / global / torsion heads
+    for conv in convs:
+        x = torch.randn(50, conv.tp.irreps_in1.dim, generator=gen)
+        y = torch.randn(50, conv.tp.irreps_in2.dim, generator=gen)
+        h = torch.randn(50, conv.fc[0].in_features, generator=gen)
+        reference = conv.tp(x, y, conv.fc(h))
+        hidden = conv.fc[2](conv.fc[1](conv.fc[0](h)))
+        fast = conv.stacked_tp(x, y, conv.stacked_tp.stacked_linear(hidden, conv.fc[3]))
+        assert (reference - fast).abs().max() < 1e-5 * max(1.0, reference.abs().max().item()), str(conv.tp)
+        assert isinstance(conv.tp, o3.FullyConnectedTensorProduct)
