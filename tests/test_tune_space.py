@@ -187,3 +187,16 @@ def test_pbt_refuses_to_perturb_integer_params():
     ok = space({"k_neighbors": {"choice": [6, 9, 12]}, "lr": {"loguniform": [1e-5, 1e-2]}},
                pbt={"mutate": ["lr", "k_neighbors"]}).pbt_mutations()
     assert ok["k_neighbors"] == [6, 9, 12]
+
+
+@pytest.mark.parametrize("search", ["optuna", "random", "grid"])
+def test_every_search_algorithm_is_limited_to_the_derived_concurrency(tmp_path, search):
+    """Tune ignores TuneConfig.max_concurrent_trials for a searcher passed in: each one carries the limit."""
+    from atomica_ray.tune.sweep import make_searcher
+
+    s = space({"lr": {"grid": [1e-4, 1e-3]}})
+    settings = resolve_settings({"task": "PDBBind", "train_set": str(tmp_path), "valid_set": str(tmp_path)}, s,
+                                name="x", storage_path=str(tmp_path), num_samples=4, scheduler="asha",
+                                search=search, gpus_per_trial=0, workers_per_trial=1, max_concurrent=None, seed=0)
+    searcher = make_searcher(settings, concurrency=3)
+    assert searcher.max_concurrent == 3

@@ -269,7 +269,8 @@ def make_searcher(settings: SweepSettings, concurrency: int):
         sampler = optuna.samplers.TPESampler(n_startup_trials=startup, seed=settings.seed)
         # TPE learns from finished points; with many trials in flight it degrades to random search
         return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=concurrency)
-    return BasicVariantGenerator(random_state=settings.seed)
+    # Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator passed in: limit it here
+    return BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrency)
 
 
 def build_tuner(settings: SweepSettings, concurrency: int):
