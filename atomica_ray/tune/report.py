@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from atomica_ray.tune.results import TrialRecord, load_trials, summarize, trials_table  # noqa: E402
 from atomica_ray.tune.space import parse_space  # noqa: E402
@@ -50,6 +51,7 @@ def plot_learning_curves(trials: list[TrialRecord], metric: str, out: Path) -> i
         ax.plot(xs, ys, marker="o", ms=3, lw=1.2, label=t.trial_id)
         n += 1
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per epoch ({n} trials)")
     if n <= 20:
