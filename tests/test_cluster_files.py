@@ -52,6 +52,15 @@ def load(relpath: str) -> dict:
     return yaml.safe_load((CLUSTER / relpath).read_text())
 
 
+def cluster_spec(doc: dict) -> dict:
+    return doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+
+
+def pods(doc: dict) -> list[dict]:
+    spec = cluster_spec(doc)
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+
+
 # ---------------------------------------------------------------------------------------------------- versions
 
 
@@ -114,9 +123,7 @@ def test_version_scan_sees_stale_versions():
 def images(relpath: str) -> list[str]:
     doc = load(relpath)
     if relpath.startswith("kuberay/"):
-        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
-        pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
-        return [c["image"] for pod in pods for c in pod["spec"]["containers"]]
+        return [c["image"] for pod in pods(doc) for c in pod["spec"]["containers"]]
     docker = doc["docker"]
     found = [docker[k] for k in ("image", "head_image", "worker_image") if k in docker]
     found += [t["docker"]["worker_image"] for t in doc["available_node_types"].values()
@@ -421,15 +428,6 @@ def test_admission_rules_reject_what_kuberay_rejects():
         doc = copy.deepcopy(job)
         change(doc)
         assert any(message in e for e in admission_errors(doc)), message
-
-
-def cluster_spec(doc: dict) -> dict:
-    return doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
-
-
-def pods(doc: dict) -> list[dict]:
-    spec = cluster_spec(doc)
-    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
 
 
 @pytest.mark.parametrize("relpath", MANIFESTS)
