@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atomica_ray.tune.results import _trial_statuses, load_trials
+from atomica_ray.tune.results import load_trials, trial_statuses
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
 
 def finished(experiment: Path) -> list[str]:
     try:
-        statuses = _trial_statuses(experiment)
+        statuses = trial_statuses(experiment)
     except (json.JSONDecodeError, OSError):  # a state file being replaced
         return []
     return sorted(t for t, (status, _) in statuses.items() if status == "TERMINATED")

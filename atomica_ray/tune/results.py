@@ -69,7 +69,7 @@ def finite(x) -> float:
     return x if math.isfinite(x) else math.nan
 
 
-def _trial_statuses(experiment_dir: Path) -> dict[str, tuple[str, str]]:
+def trial_statuses(experiment_dir: Path) -> dict[str, tuple[str, str]]:
     """trial id -> (status, trial dir name), from Tune's latest experiment state file."""
     states = sorted(glob.glob(str(experiment_dir / "experiment_state-*.json")), key=os.path.getmtime)
     if not states:
@@ -99,7 +99,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_trials(experiment_dir: str | Path) -> list[TrialRecord]:
     """Every trial of a sweep with its per-epoch history (local experiment directories)."""
     experiment_dir = Path(experiment_dir)
-    statuses = _trial_statuses(experiment_dir)
+    statuses = trial_statuses(experiment_dir)
     trials: dict[str, TrialRecord] = {}
     for result in sorted(experiment_dir.glob("*/result.json")):
         history = _read_jsonl(result)
