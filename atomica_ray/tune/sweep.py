@@ -394,7 +394,9 @@ def run_sweep(settings: SweepSettings):
 
 def resume_sweep(experiment_dir: str):
     """Continue an interrupted sweep (`Tuner.restore`): finished trials are kept, unfinished ones resume from
-    their latest Train checkpoint, errored ones are retried."""
+    their latest Train checkpoint, errored ones are retried. The searcher's state is restored; the scheduler's is
+    not (Tune does not checkpoint it: ASHA's rungs start empty), and a resumed trial counts Tune iterations from 1
+    again while its epochs go on (its Train checkpoint is not a Tune checkpoint)."""
     from ray import tune
 
     settings = SweepSettings.load(experiment_dir)
