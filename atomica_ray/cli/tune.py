@@ -4,8 +4,11 @@
     atomica-ray tune --config run.yaml --space tune_spaces/lr_grad_clip.yaml --search grid --scheduler fifo
     atomica-ray tune --resume NAME [--storage-path P]          # continue an interrupted sweep
 
-The run config (`--config`, `--set`) is shared by every trial; the space's params override it per trial. Results
-go to <storage>/<name>/: trials.csv / trials.md, best.json, best_config.yaml, best_model/ (ATOMICA format).
+The run config (`--config`, `--set`) is shared by every trial; the space's params override it per trial, and
+--workers-per-trial / --gpus-per-trial replace its num_workers / use_gpu. Trials report once per epoch
+(report_every_steps is turned off), so ASHA's max_t and grace_period count epochs. Results go to
+<storage>/<name>/: trials.csv / trials.md, best.json, best_config.yaml, best_model/ (ATOMICA format); the Train runs
+of the trials are under <storage>/<name>/trials/<trial id>.
 """
 
 from __future__ import annotations
