@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,6 +83,9 @@ def test_job_submit_trains_and_checkpoints():
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
                RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     port, dashboard = free_port(), free_port()
+    # Ray Train's placement-group cleaner must query this cluster's state API, not the latest `ray start` on the
+    # machine (see atomica_ray.train.launch.init_ray)
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
     data = write_demo_splits(str(work / "data"), n_train=12, n_valid=8, seed=3)
     storage = work / "runs"
     try:

@@ -85,6 +85,14 @@ def build_trainer(cfg: TrainConfig, run_name: str, storage_path: str | None = No
     )
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to `address`, or to the cluster this process already belongs to (a `ray job submit` driver has
     RAY_ADDRESS set), or start a local Ray."""
@@ -92,10 +100,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    kwargs = {"address": address} if address else {}
-    if num_cpus is not None and not address and not os.environ.get("RAY_ADDRESS"):
-        kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
+        return
+    # A new local Ray. Ray Train's placement-group cleaner finds "its" cluster's state API by auto-detection, which
+    # picks another cluster when several run on one machine, misses the controller there and removes this run's
+    # placement group. Pin it: a known dashboard port, exported before the workers are spawned.
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
 
 
 def run(cfg: TrainConfig, name: str | None = None, storage_path: str | None = None, address: str | None = None,
