@@ -95,7 +95,8 @@ def main() -> None:
         atoms += batch["A"].shape[0]
     total = sum(times)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    print(f"{name} impl={args.impl} tf32={args.tf32} device={torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"{name} impl={args.impl} tf32={args.tf32} device={gpu}")
     print(f"median step {1000 * statistics.median(times):.1f} ms  (min {1000 * min(times):.1f}, "
           f"max {1000 * max(times):.1f})  blocks/s {blocks / total:.0f}  atoms/s {atoms / total:.0f}  "
           f"peak allocated {peak:.2f} GiB")

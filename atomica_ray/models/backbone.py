@@ -184,7 +184,7 @@ class AtomicaBackbone(nn.Module):
         atoms_per_item = scatter_sum(block_lengths, batch_id, n_items)  # [n_items]
         pooled = torch.ones_like(B, dtype=torch.bool) if self.global_message_passing else B != GLB  # [Nb]
         pooled_per_item = scatter_sum(pooled.long(), batch_id, n_items)
-        # the one host sync of the forward pass: tile sizes of the graphs and the pooling
+        # host sizes of the graph tiles and of the pooling, fetched together
         max_blocks, max_atoms, max_pooled = torch.stack(
             [lengths.max(), atoms_per_item.max(), pooled_per_item.max()]).tolist()
         block_layout = ItemLayout(item=batch_id, start=torch.cumsum(lengths, 0) - lengths, size=lengths,
@@ -196,6 +196,23 @@ class AtomicaBackbone(nn.Module):
         if self.unk_is_global:
             is_global = is_global | (B == UNK)
 
+        # every graph first: their sizes are data-dependent (host syncs), so they are all settled before the
+        # long chain of encoder kernels is queued
+        module = self.encoder.encoder
+        atom_edges, atom_edge_type = knn_graph(Z, segment_ids[block_id], is_global[block_id], atom_layout,
+                                               self.k_neighbors, global_edges=self.bottom_global_message_passing)
+        top_Z = scatter_mean(Z, block_id, nb)  # [Nb, 3] block centroids
+        block_edges, block_edge_type = knn_graph(top_Z, segment_ids, is_global, block_layout, self.k_neighbors,
+                                                 global_edges=self.global_message_passing)
+        perturbed = None
+        if perturb_mask is not None and module.return_global_noise:
+            perturbed = torch.nonzero(perturb_mask).flatten()  # [P]
+        radius_edges = None
+        if tor_edges is not None and module.return_torsion_noise and tor_edges.numel() > 0:
+            bond_pos = (Z[tor_edges[1]] + Z[tor_edges[0]]) / 2  # [n_bonds, 3]
+            radius_edges = radius_graph(bond_pos, tor_batch, Z, atom_layout, module.tor_max_radius,
+                                        module.tor_max_neighbors)
+
         # embeddings
         h_atom = self.block_embedding.atom_embedding(A)  # [Na, atom_hidden]
         h_block = self.block_embedding.block_embedding(B)  # [Nb, hidden]
@@ -206,33 +223,23 @@ class AtomicaBackbone(nn.Module):
             h_block = h_block + glb * self.modality_embedding(modality[batch_id])
 
         # atom level
-        edges, edge_type = knn_graph(Z, segment_ids[block_id], is_global[block_id], atom_layout, self.k_neighbors,
-                                     global_edges=self.bottom_global_message_passing)
-        unit_repr, node_attr, node_emb, geometry = self.encoder(h_atom, Z, edges,
-                                                                self.edge_embedding_bottom(edge_type))
+        atom_edge_attr = self.edge_embedding_bottom(atom_edge_type)
+        unit_repr, node_attr, node_emb, geometry = self.encoder(h_atom, Z, atom_edges, atom_edge_attr)
         out = {}
-        module = self.encoder.encoder
-        if perturb_mask is not None and module.return_global_noise:
-            out["trans_noise"], out["rot_noise"] = module.global_noise(node_attr, Z, atom_item, perturb_mask,
-                                                                       n_items)
+        if perturbed is not None:
+            out["trans_noise"], out["rot_noise"] = module.global_noise(node_attr, Z, atom_item, perturbed, n_items)
         if perturb_mask is not None and module.return_atom_noise:
-            out["atom_noise"] = module.atom_noise(node_attr, edges, self.edge_embedding_bottom(edge_type), geometry)
-        if tor_edges is not None and module.return_torsion_noise and tor_edges.numel() > 0:
-            bond_pos = (Z[tor_edges[1]] + Z[tor_edges[0]]) / 2
-            radius_edges = radius_graph(bond_pos, tor_batch, Z, atom_layout, module.tor_max_radius,
-                                        module.tor_max_neighbors)
-            out["tor_noise"] = module.torsion_noise(node_attr, node_emb, Z, tor_edges, tor_batch, radius_edges)
+            out["atom_noise"] = module.atom_noise(node_attr, atom_edges, atom_edge_attr, geometry)
+        if radius_edges is not None:
+            out["tor_noise"] = module.torsion_noise(node_attr, node_emb, Z, tor_edges, radius_edges)
 
         # atoms -> blocks
-        top_Z = scatter_mean(Z, block_id, nb)  # [Nb, 3] block centroids
         kv_valid = None if self.bottom_global_message_passing else A != ATOM_GLOBAL
         h_block = self.atom_block_attn_norm(
             h_block + self.atom_block_attn(h_block, unit_repr, block_id, kv_valid, masked=self.attention_mask))
 
         # block level
-        edges, edge_type = knn_graph(top_Z, segment_ids, is_global, block_layout, self.k_neighbors,
-                                     global_edges=self.global_message_passing)
-        block_repr = self.top_encoder(h_block, top_Z, edges, self.edge_embedding_top(edge_type))[0]
+        block_repr = self.top_encoder(h_block, top_Z, block_edges, self.edge_embedding_top(block_edge_type))[0]
         if block_features is not None:
             block_repr = self._mix_block_features("post", block_repr, segment_ids, block_features)
 

@@ -55,11 +55,10 @@ class EquivariantLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, irreps.dim]
         fields = []
-        ix = iw = ib = 0
-        for mul, ir in self.irreps:
+        iw = ib = 0
+        for (mul, ir), field in zip(self.irreps, x.split([mul * ir.dim for mul, ir in self.irreps], dim=1)):
             d = ir.dim
-            field = x.narrow(1, ix, mul * d).reshape(-1, mul, d)  # [N, mul, d]
-            ix += mul * d
+            field = field.reshape(-1, mul, d)  # [N, mul, d]
             even_scalar = ir.l == 0 and ir.p == 1
             if even_scalar:
                 field = field - field.mean(dim=1, keepdim=True)
@@ -107,8 +106,7 @@ class TensorProductConv(nn.Module):
             message = self.tp(node_attr[sender], edge_sh, self.fc(edge_attr))  # [E, out_dim]
         else:
             hidden = self.fc[2](self.fc[1](self.fc[0](edge_attr)))  # Linear, ReLU, Dropout
-            weights = self.stacked_tp.stacked_linear(hidden, self.fc[3])  # [E, weight_numel], stacked order
-            message = self.stacked_tp(node_attr[sender], edge_sh, weights)  # [E, out_dim]
+            message = self.stacked_tp(node_attr[sender], edge_sh, hidden, self.fc[3])  # [E, out_dim]
         out = scatter_mean(message, receiver, out_nodes if out_nodes is not None else node_attr.shape[0])
         return self.norm_layer(out)
 

@@ -114,11 +114,10 @@ class InteractionModule(nn.Module):
         pred = self.local_denoise_predictor(node_attr, edges, edge_attr, edge_sh)  # [N, 6]
         return pred[:, :3] + pred[:, 3:]
 
-    def global_noise(self, node_attr, pos, item, perturb_mask, n_items: int):
+    def global_noise(self, node_attr, pos, item, atoms, n_items: int):
         """Translation and rotation scores of each item's noisy segment.  # [n_items, 3] x 2
 
-        Edges go from the centre of the perturbed atoms of each item to each of those atoms."""
-        atoms = torch.nonzero(perturb_mask).flatten()  # [P]
+        Edges go from the centre of the perturbed atoms (`atoms` [P], indices) of each item to each of them."""
         atom_item = item[atoms]
         center = scatter_mean(pos[atoms], atom_item, n_items)  # [n_items, 3]
         edges = torch.stack((atom_item, atoms))  # [2, P]: centre receives from atom
@@ -129,7 +128,7 @@ class InteractionModule(nn.Module):
                                              out_nodes=n_items)  # [n_items, 12] = 2x1o + 2x1e
         return pred[:, :3] + pred[:, 6:9], pred[:, 3:6] + pred[:, 9:]
 
-    def torsion_noise(self, node_attr, node_embeddings, pos, tor_edges, tor_item, radius_edges) -> torch.Tensor:
+    def torsion_noise(self, node_attr, node_embeddings, pos, tor_edges, radius_edges) -> torch.Tensor:
         """One score per rotatable bond, from the atoms near its midpoint.  # [n_bonds]
 
         `radius_edges` [2, E]: row 0 bond, row 1 atom (see graphs.radius_graph)."""

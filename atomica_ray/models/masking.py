@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from .backbone import FIXED_BEHAVIOUR
@@ -31,8 +32,9 @@ class MaskedNodeModel(PredictionModel):
 
     def forward(self, Z, B, A, block_lengths, lengths, segment_ids, masked_blocks, masked_labels,
                 return_logits=False):
+        masked_idx = torch.nonzero(masked_blocks).flatten() if masked_blocks.dtype == torch.bool else masked_blocks
         enc = self._encode(Z, B, A, block_lengths, lengths, segment_ids, return_graph_repr=False)
-        logits = self.masked_ffn(enc.block_repr[masked_blocks])  # [n_masked, n_classes]
+        logits = self.masked_ffn(enc.block_repr.index_select(0, masked_idx))  # [n_masked, n_classes]
         loss = F.cross_entropy(logits, masked_labels)
         return (loss, logits) if return_logits else (loss, F.softmax(logits, dim=1))
 

@@ -123,6 +123,7 @@ class DenoisePretrainModel(AtomicaBackbone):
             raise ValueError("DenoisePretrainModel needs at least one kind of noise enabled")
         if tor_edges is not None and tor_score is not None and tor_edges.shape[1] != tor_score.shape[0]:
             raise ValueError(f"tor_edges {tuple(tor_edges.shape)} and tor_score {tuple(tor_score.shape)} disagree")
+        masked_idx = None if masked_blocks is None else torch.nonzero(masked_blocks).flatten()  # sync before encoding
         enc = self.encode_noisy(Z, B, A, block_lengths, lengths, segment_ids, receptor_segment, tor_edges,
                                 tor_batch, modality, block_features)
         n_items = lengths.shape[0]
@@ -161,7 +162,7 @@ class DenoisePretrainModel(AtomicaBackbone):
 
         masked_loss, pred_blocks = zero, None
         if self.masking_objective:
-            logits = self.masked_ffn(enc.block_repr[masked_blocks])  # [n_masked, n_classes]
+            logits = self.masked_ffn(enc.block_repr.index_select(0, masked_idx))  # [n_masked, n_classes]
             masked_loss = F.cross_entropy(logits, masked_labels)
             loss = loss + masked_loss * self.mask_weight
             pred_blocks = F.softmax(logits, dim=1)

@@ -3,12 +3,13 @@
 For a path p = (input irrep l1 with multiplicity U, spherical harmonic l2, output irrep lo with multiplicity W)
 e3nn computes (TensorProduct, 'uvw' connection, 'component' / 'element' normalisation)
 
-    out[e, w, k] += a_p * sum_u weight_p[e, u, w] * T_p[e, u, k],   T_p[e, u, k] = sum_ij C(l1 l2 lo)[i, j, k] x[e, u, i] y[e, j]
+    out[e, w, k] += a_p * sum_u weight_p[e, u, w] * T_p[e, u, k]
+    T_p[e, u, k]  = sum_ij C(l1 l2 lo)[i, j, k] x[e, u, i] y[e, j]
 
 with C the Wigner 3j symbols and a_p the path normalisation. Here all paths into one output irrep are stacked:
 out_o[e] = weight_o[e]^T @ T_o[e], a [W, sum U] x [sum U, 2lo+1] matmul per edge. The per-edge weights come from
-a Linear layer whose rows are permuted (and scaled by a_p) once per call so that its output is already in that
-stacked order; T is computed once per (l1, l2) for every output lo together.
+the rows of a Linear layer permuted (and scaled by a_p) once per call into that stacked order, one Linear per
+output irrep; T is computed once per (l1, l2) for every output lo together.
 
 e3nn runs one einsum per path on strided weight slices; this does a handful of matmuls. It is the same function
 (up to float rounding), which tests/test_models_properties.py checks against e3nn.
@@ -39,10 +40,12 @@ class StackedTensorProduct(nn.Module):
         for i, (_, _, l1) in enumerate(self.in1_slices):
             self.l1_groups.setdefault(l1, []).append(i)
         row_of = {}  # input irrep index -> first row inside its l-group
+        self.group_rows: dict[int, list[tuple[int, int]]] = {}  # l1 -> (first row, rows) of each member
         for l1, members in self.l1_groups.items():
             row = 0
             for i in members:
                 row_of[i] = row
+                self.group_rows.setdefault(l1, []).append((row, self.in1_slices[i][1]))
                 row += self.in1_slices[i][1]
 
         # per (l1, l2): every output l reachable from a path, concatenated along the component axis
@@ -89,39 +92,50 @@ class StackedTensorProduct(nn.Module):
         ]
         self.weight_numel = tp.weight_numel
 
-    def stacked_linear(self, h: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-        """`linear(h)` with output columns in stacked order and scaled by the path normalisation.  # [E, numel]"""
+    def _block_weights(self, linear: nn.Linear) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Rows of `linear` (the per-edge weight MLP's last layer) for each output irrep, in stacked order and
+        scaled by the path normalisation."""
         w = linear.weight.index_select(0, self.weight_perm) * self.weight_scale.unsqueeze(1)
         b = linear.bias.index_select(0, self.weight_perm) * self.weight_scale
-        return nn.functional.linear(h, w, b)
+        out, row = [], 0
+        for rows, (mul_out, _) in zip(self.path_rows, self.out_blocks):
+            n = sum(n_u for *_, n_u in rows) * mul_out
+            out.append((w[row:row + n], b[row:row + n]) if n else None)
+            row += n
+        return out
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, stacked_weight: torch.Tensor) -> torch.Tensor:
-        """x [E, irreps_in1.dim], y [E, irreps_in2.dim], stacked_weight [E, weight_numel] from `stacked_linear`."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+        """TP(x, y) with per-edge weights `linear(hidden)`.
+
+        x [E, irreps_in1.dim], y [E, irreps_in2.dim], hidden [E, linear.in_features] -> [E, irreps_out.dim].
+        Slices are taken with `split` (whose backward concatenates) rather than indexing (whose backward writes
+        into zero tensors of the full size)."""
         e = x.shape[0]
+        x_parts = x.split([mul * (2 * l1 + 1) for _, mul, l1 in self.in1_slices], dim=1)
+        y_parts = y.split([2 * l2 + 1 for _, l2 in self.in2_slices], dim=1)
         groups = {}
         for l1, members in self.l1_groups.items():
-            parts = [x.narrow(1, self.in1_slices[i][0], self.in1_slices[i][1] * (2 * l1 + 1))
-                     .reshape(e, self.in1_slices[i][1], 2 * l1 + 1) for i in members]
+            parts = [x_parts[i].reshape(e, self.in1_slices[i][1], 2 * l1 + 1) for i in members]
             groups[l1] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [E, U_l1, 2l1+1]
-        projected = {}  # (l1, i2) -> [E, U_l1, sum 2lo+1]
+        pieces = {}  # (l1, i2, first row of the input irrep, lo) -> [E, U_p, 2lo+1]
         for l1, i2, name, k_off in self.pairs:
-            start, l2 = self.in2_slices[i2]
-            xg, yg = groups[l1], y.narrow(1, start, 2 * l2 + 1)
+            xg, yg = groups[l1], y_parts[i2]
             outer = (xg.unsqueeze(-1) * yg[:, None, None, :]).reshape(e, xg.shape[1], -1)  # [E, U, (2l1+1)(2l2+1)]
-            projected[(l1, i2)] = (outer @ getattr(self, name), k_off)
+            projected = outer @ getattr(self, name)  # [E, U_l1, sum 2lo+1]
+            los = list(k_off)
+            by_lo = projected.split([2 * lo + 1 for lo in los], dim=2)
+            row_sizes = self.group_rows[l1]
+            for lo, part in zip(los, by_lo):
+                for (row, n_u), piece in zip(row_sizes, part.split([n for _, n in row_sizes], dim=1)):
+                    pieces[(l1, i2, row, lo)] = piece
 
-        outs, col = [], 0
-        for (mul_out, dim_out), rows in zip(self.out_blocks, self.path_rows):
-            if not rows:
+        outs = []
+        for (mul_out, dim_out), rows, wb in zip(self.out_blocks, self.path_rows, self._block_weights(linear)):
+            if wb is None:
                 outs.append(x.new_zeros(e, mul_out * dim_out))
                 continue
-            t = []
-            for l1, i2, lo, row, n_u in rows:
-                p, k_off = projected[(l1, i2)]
-                t.append(p[:, row:row + n_u, k_off[lo]:k_off[lo] + dim_out])  # [E, U_p, 2lo+1]
+            t = [pieces[(l1, i2, row, lo)] for l1, i2, lo, row, _ in rows]
             t = t[0] if len(t) == 1 else torch.cat(t, dim=1)  # [E, sum U, 2lo+1]
-            n = t.shape[1] * mul_out
-            w = stacked_weight[:, col:col + n].reshape(e, t.shape[1], mul_out)  # [E, sum U, W]
-            col += n
+            w = nn.functional.linear(hidden, *wb).view(e, t.shape[1], mul_out)  # [E, sum U, W]
             outs.append(torch.bmm(w.transpose(1, 2), t).reshape(e, mul_out * dim_out))  # [E, W * (2lo+1)]
         return torch.cat(outs, dim=1)
