@@ -106,3 +106,17 @@ def test_no_rung_plot_without_asha(tmp_path, scheduler):
     exp = fake_sweep(tmp_path, {"a": rows(1e-4, "relu", [0.6, 0.7])}, {"a": "TERMINATED"}, scheduler=scheduler)
     drawn = write_report(exp)
     assert "asha_rungs.png" not in drawn["figures"] and not (exp / "report" / "asha_rungs.png").exists()
+
+
+def test_statuses_come_from_the_newest_session(tmp_path):
+    """A resumed sweep has one experiment state per session; Tune's final sync rewrites them all, so the newest is
+    found by the session timestamp in the name, not by modification time."""
+    import os
+
+    exp = fake_sweep(tmp_path, {"a": rows(1e-4, "relu", [0.6])}, {"a": "RUNNING"})
+    newer = exp / "experiment_state-2026-01-02_00-00-00.json"
+    newer.write_text(json.dumps({"trial_data": [[json.dumps({"trial_id": "a", "status": "TERMINATED"}), "{}"]]}))
+    old = exp / "experiment_state-2026-01-01_00-00-00.json"
+    os.utime(newer, (1, 1))  # the newer session's file now looks older
+    assert os.path.getmtime(old) > os.path.getmtime(newer)
+    assert [t.status for t in load_trials(exp)] == ["TERMINATED"]

@@ -71,7 +71,8 @@ def finite(x) -> float:
 
 def trial_statuses(experiment_dir: Path) -> dict[str, tuple[str, str]]:
     """trial id -> (status, trial dir name), from Tune's latest experiment state file."""
-    states = sorted(glob.glob(str(experiment_dir / "experiment_state-*.json")), key=os.path.getmtime)
+    # newest session by the timestamp in the name (a final sync rewrites older sessions' files too, so not by mtime)
+    states = sorted(glob.glob(str(experiment_dir / "experiment_state-*.json")))
     if not states:
         return {}
     with open(states[-1]) as f:
