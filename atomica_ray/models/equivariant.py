@@ -57,19 +57,17 @@ class EquivariantLayerNorm(nn.Module):
         fields = []
         iw = ib = 0
         for (mul, ir), field in zip(self.irreps, x.split([mul * ir.dim for mul, ir in self.irreps], dim=1)):
-            d = ir.dim
-            field = field.reshape(-1, mul, d)  # [N, mul, d]
+            field = field.reshape(-1, mul, ir.dim)  # [N, mul, d]
             even_scalar = ir.l == 0 and ir.p == 1
             if even_scalar:
                 field = field - field.mean(dim=1, keepdim=True)
-            norm = field.pow(2).mean(-1).mean(dim=1, keepdim=True)  # [N, 1]
-            scale = (norm + self.eps).pow(-0.5) * self.affine_weight[None, iw : iw + mul]  # [N, mul]
+            inv_rms = (field.pow(2).mean(dim=(1, 2), keepdim=True) + self.eps).rsqrt()  # [N, 1, 1]
+            field = field * (inv_rms * self.affine_weight[iw:iw + mul].view(1, mul, 1))
             iw += mul
-            field = field * scale.reshape(-1, mul, 1)
             if even_scalar:
-                field = field + self.affine_bias[ib : ib + mul].reshape(mul, 1)
+                field = field + self.affine_bias[ib:ib + mul].view(1, mul, 1)
                 ib += mul
-            fields.append(field.reshape(-1, mul * d))
+            fields.append(field.reshape(-1, mul * ir.dim))
         return torch.cat(fields, dim=-1)
 
 

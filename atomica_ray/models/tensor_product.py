@@ -9,7 +9,8 @@ e3nn computes (TensorProduct, 'uvw' connection, 'component' / 'element' normalis
 with C the Wigner 3j symbols and a_p the path normalisation. Here all paths into one output irrep are stacked:
 out_o[e] = weight_o[e]^T @ T_o[e], a [W, sum U] x [sum U, 2lo+1] matmul per edge. The per-edge weights come from
 the rows of a Linear layer permuted (and scaled by a_p) once per call into that stacked order, one Linear per
-output irrep; T is computed once per (l1, l2) for every output lo together.
+output irrep. T is computed with one matmul per input l1: the outer product of all l1 inputs with all spherical
+harmonics times a (block-sparse) matrix of every C(l1 . .) needed.
 
 e3nn runs one einsum per path on strided weight slices; this does a handful of matmuls. It is the same function
 (up to float rounding), which tests/test_models_properties.py checks against e3nn.
@@ -31,78 +32,48 @@ class StackedTensorProduct(nn.Module):
         irreps1, irreps2, irreps_out = tp.irreps_in1, tp.irreps_in2, tp.irreps_out
         if any(mul != 1 for mul, _ in irreps2):
             raise ValueError("the second input must have multiplicity 1 (spherical harmonics)")
-        self.in1_slices = [(s.start, mul, ir.l) for s, (mul, ir) in zip(irreps1.slices(), irreps1)]
-        self.in2_slices = [(s.start, ir.l) for s, (_, ir) in zip(irreps2.slices(), irreps2)]
+        self.in1 = [(mul, ir.l) for mul, ir in irreps1]
         self.out_blocks = [(mul, ir.dim) for mul, ir in irreps_out]
+        y_start = [s.start for s in irreps2.slices()]
 
-        # input irreps grouped by l: rows of x for one l are stacked so that one C(l1 l2 .) serves them all
-        self.l1_groups: dict[int, list[int]] = {}  # l1 -> input irrep indices, in order
-        for i, (_, _, l1) in enumerate(self.in1_slices):
-            self.l1_groups.setdefault(l1, []).append(i)
-        row_of = {}  # input irrep index -> first row inside its l-group
-        self.group_rows: dict[int, list[tuple[int, int]]] = {}  # l1 -> (first row, rows) of each member
-        for l1, members in self.l1_groups.items():
-            row = 0
-            for i in members:
-                row_of[i] = row
-                self.group_rows.setdefault(l1, []).append((row, self.in1_slices[i][1]))
-                row += self.in1_slices[i][1]
-
-        # per (l1, l2): every output l reachable from a path, concatenated along the component axis
-        weight_offsets, offset = [], 0
+        # input irreps grouped by l1 (their rows stacked), and the (second input, output l) pairs each group needs
+        self.groups: dict[int, list[int]] = {}  # l1 -> input irrep indices
+        for i, (_, l1) in enumerate(self.in1):
+            self.groups.setdefault(l1, []).append(i)
+        needs: dict[int, list[tuple[int, int]]] = {l1: [] for l1 in self.groups}
         for ins in tp.instructions:
-            weight_offsets.append(offset)
-            offset += ins.path_shape[0] * ins.path_shape[1] * ins.path_shape[2]
-        # keyed by (l1, index of the irrep of the second input): it may repeat an l (torsion head)
-        pair_outputs: dict[tuple[int, int], list[int]] = {}
-        for ins in tp.instructions:
-            l1 = self.in1_slices[ins.i_in1][2]
-            lo = irreps_out[ins.i_out].ir.l
-            outs = pair_outputs.setdefault((l1, ins.i_in2), [])
-            if lo not in outs:
-                outs.append(lo)
-        self.pairs = []  # (l1, i2, buffer name, {lo: component offset})
-        for (l1, i2), outs in sorted(pair_outputs.items()):
-            l2 = self.in2_slices[i2][1]
-            blocks, k_off, k0 = [], {}, 0
-            for lo in outs:
-                blocks.append(o3.wigner_3j(l1, l2, lo).reshape((2 * l1 + 1) * (2 * l2 + 1), 2 * lo + 1))
-                k_off[lo] = k0
-                k0 += 2 * lo + 1
-            name = f"cg_{l1}_{i2}"
-            self.register_buffer(name, torch.cat(blocks, dim=1), persistent=False)  # [(2l1+1)(2l2+1), sum 2lo+1]
-            self.pairs.append((l1, i2, name, k_off))
+            key = (ins.i_in2, irreps_out[ins.i_out].ir.l)
+            if key not in needs[self.in1[ins.i_in1][1]]:
+                needs[self.in1[ins.i_in1][1]].append(key)
+        self.group_columns: dict[int, list[tuple[int, int]]] = {}
+        for l1, columns in needs.items():
+            if not columns:
+                continue
+            self.group_columns[l1] = columns
+            blocks = []
+            for i2, lo in columns:  # C(l1 l2 lo) on the rows of the l2 harmonics, zero on the others
+                l2 = irreps2[i2].ir.l
+                block = torch.zeros(2 * l1 + 1, irreps2.dim, 2 * lo + 1)
+                block[:, y_start[i2]:y_start[i2] + 2 * l2 + 1] = o3.wigner_3j(l1, l2, lo)
+                blocks.append(block.reshape(-1, 2 * lo + 1))
+            self.register_buffer(f"cg_{l1}", torch.cat(blocks, dim=1), persistent=False)  # [(2l1+1) D2, Q]
 
         # stacked order of the weights: output irrep, then path (instruction order), then (u, w) as e3nn stores
+        offsets = torch.cumsum(torch.tensor([0] + [i.path_shape[0] * i.path_shape[1] * i.path_shape[2]
+                                                   for i in tp.instructions]), 0).tolist()
         perm, scale = [], []
-        self.paths_by_output: list[list[tuple]] = [[] for _ in irreps_out]
-        for ins, w_off in zip(tp.instructions, weight_offsets):
-            self.paths_by_output[ins.i_out].append((ins, w_off))
-        for paths in self.paths_by_output:
-            for ins, w_off in paths:
-                n = ins.path_shape[0] * ins.path_shape[1] * ins.path_shape[2]
-                perm.extend(range(w_off, w_off + n))
-                scale.extend([ins.path_weight] * n)
+        self.paths = [[] for _ in irreps_out]  # per output irrep: (input irrep, second input irrep, lo)
+        for i_out in range(len(irreps_out)):
+            for ins, start, stop in zip(tp.instructions, offsets[:-1], offsets[1:]):
+                if ins.i_out == i_out:
+                    self.paths[i_out].append((ins.i_in1, ins.i_in2, irreps_out[i_out].ir.l))
+                    perm.extend(range(start, stop))
+                    scale.extend([ins.path_weight] * (stop - start))
         self.register_buffer("weight_perm", torch.tensor(perm, dtype=torch.long), persistent=False)
         self.register_buffer("weight_scale", torch.tensor(scale, dtype=torch.get_default_dtype()), persistent=False)
-        self.path_rows = [
-            [(self.in1_slices[ins.i_in1][2], ins.i_in2, irreps_out[ins.i_out].ir.l, row_of[ins.i_in1],
-              ins.path_shape[0]) for ins, _ in paths]
-            for paths in self.paths_by_output
-        ]
+        self.block_rows = [sum(self.in1[i1][0] for i1, _, _ in paths) * mul
+                           for paths, (mul, _) in zip(self.paths, self.out_blocks)]
         self.weight_numel = tp.weight_numel
-
-    def _block_weights(self, linear: nn.Linear) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-        """Rows of `linear` (the per-edge weight MLP's last layer) for each output irrep, in stacked order and
-        scaled by the path normalisation."""
-        w = linear.weight.index_select(0, self.weight_perm) * self.weight_scale.unsqueeze(1)
-        b = linear.bias.index_select(0, self.weight_perm) * self.weight_scale
-        out, row = [], 0
-        for rows, (mul_out, _) in zip(self.path_rows, self.out_blocks):
-            n = sum(n_u for *_, n_u in rows) * mul_out
-            out.append((w[row:row + n], b[row:row + n]) if n else None)
-            row += n
-        return out
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
         """TP(x, y) with per-edge weights `linear(hidden)`.
@@ -111,31 +82,28 @@ class StackedTensorProduct(nn.Module):
         Slices are taken with `split` (whose backward concatenates) rather than indexing (whose backward writes
         into zero tensors of the full size)."""
         e = x.shape[0]
-        x_parts = x.split([mul * (2 * l1 + 1) for _, mul, l1 in self.in1_slices], dim=1)
-        y_parts = y.split([2 * l2 + 1 for _, l2 in self.in2_slices], dim=1)
-        groups = {}
-        for l1, members in self.l1_groups.items():
-            parts = [x_parts[i].reshape(e, self.in1_slices[i][1], 2 * l1 + 1) for i in members]
-            groups[l1] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [E, U_l1, 2l1+1]
-        pieces = {}  # (l1, i2, first row of the input irrep, lo) -> [E, U_p, 2lo+1]
-        for l1, i2, name, k_off in self.pairs:
-            xg, yg = groups[l1], y_parts[i2]
-            outer = (xg.unsqueeze(-1) * yg[:, None, None, :]).reshape(e, xg.shape[1], -1)  # [E, U, (2l1+1)(2l2+1)]
-            projected = outer @ getattr(self, name)  # [E, U_l1, sum 2lo+1]
-            los = list(k_off)
-            by_lo = projected.split([2 * lo + 1 for lo in los], dim=2)
-            row_sizes = self.group_rows[l1]
-            for lo, part in zip(los, by_lo):
-                for (row, n_u), piece in zip(row_sizes, part.split([n for _, n in row_sizes], dim=1)):
-                    pieces[(l1, i2, row, lo)] = piece
+        x_parts = x.split([mul * (2 * l1 + 1) for mul, l1 in self.in1], dim=1)
+        pieces = {}  # (input irrep, second input irrep, lo) -> [E, U, 2lo+1]
+        for l1, columns in self.group_columns.items():
+            members = self.groups[l1]
+            xs = [x_parts[i].reshape(e, self.in1[i][0], 2 * l1 + 1) for i in members]
+            xg = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)  # [E, U_l1, 2l1+1]
+            outer = (xg.unsqueeze(-1) * y[:, None, None, :]).reshape(e, xg.shape[1], -1)  # [E, U_l1, (2l1+1) D2]
+            projected = outer @ getattr(self, f"cg_{l1}")  # [E, U_l1, Q]
+            for (i2, lo), part in zip(columns, projected.split([2 * lo + 1 for _, lo in columns], dim=2)):
+                for i1, piece in zip(members, part.split([self.in1[i][0] for i in members], dim=1)):
+                    pieces[(i1, i2, lo)] = piece
 
+        w_all = linear.weight.index_select(0, self.weight_perm) * self.weight_scale.unsqueeze(1)
+        b_all = linear.bias.index_select(0, self.weight_perm) * self.weight_scale
         outs = []
-        for (mul_out, dim_out), rows, wb in zip(self.out_blocks, self.path_rows, self._block_weights(linear)):
-            if wb is None:
+        for (mul_out, dim_out), paths, w, b in zip(self.out_blocks, self.paths, w_all.split(self.block_rows),
+                                                   b_all.split(self.block_rows)):
+            if not paths:
                 outs.append(x.new_zeros(e, mul_out * dim_out))
                 continue
-            t = [pieces[(l1, i2, row, lo)] for l1, i2, lo, row, _ in rows]
+            t = [pieces[path] for path in paths]
             t = t[0] if len(t) == 1 else torch.cat(t, dim=1)  # [E, sum U, 2lo+1]
-            w = nn.functional.linear(hidden, *wb).view(e, t.shape[1], mul_out)  # [E, sum U, W]
-            outs.append(torch.bmm(w.transpose(1, 2), t).reshape(e, mul_out * dim_out))  # [E, W * (2lo+1)]
+            weight = nn.functional.linear(hidden, w, b).view(e, t.shape[1], mul_out)  # [E, sum U, W]
+            outs.append(torch.bmm(weight.transpose(1, 2), t).reshape(e, mul_out * dim_out))  # [E, W * (2lo+1)]
         return torch.cat(outs, dim=1)
