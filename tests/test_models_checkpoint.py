@@ -261,3 +261,16 @@ def test_encode_contract_on_a_fresh_model():
     out = model.encode(batch)
     assert out.unit_repr.shape == (7, 8) and out.block_repr.shape == (4, 8) and out["graph_repr"].shape == (1, 8)
     assert torch.allclose(out.graph_repr.norm(dim=-1), torch.ones(1))
+
+
+def test_encode_runs_in_eval_mode_and_restores_the_mode():
+    torch.manual_seed(0)
+    model = PredictionModel(**dict(TINY, dropout=0.5)).train()
+    gen = torch.Generator().manual_seed(0)
+    batch = {"X": torch.randn(7, 3, generator=gen, dtype=torch.float64), "B": [3, 5, 3, 40],
+             "A": torch.tensor([2, 8, 8, 8, 2, 8, 9], dtype=torch.int32), "block_lengths": [1, 3, 1, 2],
+             "lengths": [4], "segment_ids": [0, 0, 1, 1]}
+    first, second = model.encode(batch), model.encode(batch)
+    assert model.training  # restored
+    assert torch.equal(first.graph_repr, second.graph_repr)  # no dropout inside encode
+    assert first.unit_repr.dtype == torch.float32

@@ -251,8 +251,24 @@ class AtomicaBackbone(nn.Module):
 
     def encode(self, batch: dict) -> Encoding:
         """Representations of a batch in ATOMICA's format (keys X, B, A, block_lengths, lengths, segment_ids and,
-        where the model uses them, modality / block_embeddings*)."""
-        features = {k: batch.get(k) for k in ("block_embeddings", "block_embeddings0", "block_embeddings1")}
-        return self._encode(batch["X"], batch["B"], batch["A"], batch["block_lengths"], batch["lengths"],
-                            batch["segment_ids"], modality=batch.get("modality"),
-                            block_features=features if any(v is not None for v in features.values()) else None)
+        where the model uses them, modality / block_embeddings*), computed in eval mode as ATOMICA's `infer()`
+        does (the module's mode is restored afterwards). Autograd stays as the caller set it."""
+        device = self.edge_embedding_top.weight.device
+        dtype = self.edge_embedding_top.weight.dtype
+
+        def tensor(key, float_=False):
+            value = batch.get(key)
+            if value is None:
+                return None
+            value = torch.as_tensor(value, device=device)
+            return value.to(dtype) if float_ else value.long()
+
+        features = {k: tensor(k, float_=True) for k in ("block_embeddings", "block_embeddings0", "block_embeddings1")}
+        was_training = self.training
+        self.eval()
+        try:
+            return self._encode(tensor("X", float_=True), tensor("B"), tensor("A"), tensor("block_lengths"),
+                                tensor("lengths"), tensor("segment_ids"), modality=tensor("modality"),
+                                block_features=features if any(v is not None for v in features.values()) else None)
+        finally:
+            self.train(was_training)

@@ -51,16 +51,21 @@ class ProteinInterfaceModel(nn.Module):
     def get_config(self) -> dict:
         return {"model_type": type(self).__name__, "prot_model": self.prot_model.get_config()}
 
+    @staticmethod
+    def _graph_repr(model: PredictionModel, batch: dict) -> torch.Tensor:
+        return model(batch["X"], batch["B"], batch["A"], batch["block_lengths"], batch["lengths"],
+                     batch["segment_ids"]).graph_repr
+
     def forward(self, batch_cmplx: dict, batch_prot: dict) -> torch.Tensor:
         with torch.no_grad():
-            cmplx = self.cmplx_model.encode(batch_cmplx).graph_repr
-        prot = self.prot_model.encode(batch_prot).graph_repr
+            cmplx = self._graph_repr(self.cmplx_model, batch_cmplx)
+        prot = self._graph_repr(self.prot_model, batch_prot)
         cmplx = F.normalize(self.cmplx_ffn(cmplx), p=2, dim=-1)
         prot = F.normalize(self.prot_ffn(prot), p=2, dim=-1)
         return contrastive_loss(prot, cmplx, temperature=self.temp)
 
     def encode(self, batch: dict) -> Encoding:
-        """Representations of the protein encoder (the one ATOMICA-Interface embeds with)."""
+        """Representations of the protein encoder (the one ATOMICA-Interface embeds with), in eval mode."""
         return self.prot_model.encode(batch)
 
     def infer(self, batch_prot: dict, extra_info: bool = False):
