@@ -1,7 +1,8 @@
 #!/bin/bash
 # ATOMICA-Ligand fine-tuning (ATOMICA's scripts/train_atomica_ligand.sh) on atomica-ray.
 # The port: `torchrun train.py` -> `atomica-ray train`, `--gpu 0` -> `--num-workers 1 --use-gpu`;
-# every other flag is ATOMICA's own. `--save_dir` is the storage path and `--run_name` the run name:
+# every other flag is ATOMICA's own. `--save_dir` is the storage path (on a multi-node cluster: a shared path or
+# s3://...) and `--run_name` the run name:
 # launching this script again with the same name resumes the run from its latest checkpoint.
 # ATOMICA's .pkl datasets are pickles: `--allow_pickle` says you trust them (or convert them once with
 # `atomica-ray convert` and pass the Parquet directories instead).

@@ -6,7 +6,6 @@ import math
 import shlex
 from pathlib import Path
 
-import pytest
 import yaml
 
 from atomica_ray.cli.main import main

@@ -46,7 +46,8 @@ def run(args) -> int:
         interface = model_config["model_type"] == "ProteinInterfaceModel"
         batches = inf.ordered_batches(args.data_path, "prot_interface" if interface else "plain", args.budget,
                                       inf.fragmentation_of(model_config), args.allow_pickle)
-        with inf.ParquetRows(args.output_path, overwrite=args.overwrite, schema=inf.EMBEDDING_SCHEMA) as out, torch.no_grad():
+        rows = inf.ParquetRows(args.output_path, overwrite=args.overwrite, schema=inf.EMBEDDING_SCHEMA)
+        with rows as out, torch.no_grad():
             for ids, batch in batches:
                 batch = to_device(batch["prot"] if interface else batch, device)
                 enc = model.encode(batch)

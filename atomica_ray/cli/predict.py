@@ -1,6 +1,7 @@
 """`atomica-ray predict`: a trained task model's predictions on a dataset, written to Parquet.
 
-    atomica-ray predict --checkpoint runs/ligand/checkpoint_epoch0009_step00001234 --data_path test/ --output_path p.parquet
+    atomica-ray predict --checkpoint runs/ligand/checkpoint_epoch0009_step00001234 \\
+        --data_path test/ --output_path p.parquet
 
 Works for the per-item tasks (PDBBind, regression, binary_classifier, multiclass_classifier); the model class in
 config.json says which. Columns: id, prediction (affinity / value / probability of class 1; for multiclass the

@@ -119,7 +119,7 @@ def model_files(path: Path) -> tuple[Path, Path]:
     path = Path(path)
     model_dir = path / MODEL_DIR if (path / MODEL_DIR).is_dir() else path
     config = model_dir / "config.json"
-    weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".pt", ".pth", ".bin")) if model_dir.is_dir() else []
+    weights = sorted(p for p in model_dir.glob("*") if p.suffix in (".pt", ".pth", ".bin"))
     if not config.is_file() or not weights:
         raise FileNotFoundError(f"{model_dir}: expected an ATOMICA-format model (config.json + a .pt weights file)")
     return config, weights[0]

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import torch
 
 from atomica_ray.train.checkpoint import model_files
-from atomica_ray.train.loop import to_device
 
 # ATOMICA model class -> the task whose forward / head produces per-item predictions
 PREDICTING_TASKS = {
