@@ -179,3 +179,38 @@ def test_reduce_step_single_process_keeps_grads_and_flags():
     assert (s.oom, s.nonfinite, s.loss_sum, s.loss_count, s.grads_finite) == (0, 0, 1.5, 2, True)
     a.grad = torch.tensor([float("inf"), 0.0, 0.0])
     assert not reduce_step([a], False, False, 0.0, 0, torch.device("cpu")).grads_finite
+
+
+# --- logging ---------------------------------------------------------------------------------------------------
+
+def test_run_logger_history_tensorboard_and_stable_wandb_id(tmp_path, monkeypatch):
+    import json
+
+    from atomica_ray.train.logging import RunLogger, wandb_mode
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert wandb_mode(TrainConfig()) is None
+    assert wandb_mode(TrainConfig(use_wandb=True)) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode(TrainConfig(use_wandb=True)) == "online"
+    assert wandb_mode(TrainConfig(wandb_mode="offline")) == "offline"
+    monkeypatch.delenv("WANDB_API_KEY")
+
+    cfg = TrainConfig(use_wandb=True, experiment="exp-a")
+    first = RunLogger(cfg, tmp_path, "run-a", enabled=True, history=[], wandb_id=None)
+    first.log_step(1, {"loss": 0.5, "lr": 1e-3})
+    first.log_report({"epoch": 0, "global_step": 1, "val_bce": float("nan"), "train_loss": 0.5})
+    first.close()
+    run_id = (tmp_path / "wandb_run_id").read_text()
+    rows = [json.loads(x) for x in (tmp_path / "metrics_history.jsonl").read_text().splitlines()]
+    assert rows == [{"epoch": 0, "global_step": 1, "val_bce": None, "train_loss": 0.5}]
+    assert list((tmp_path / "tensorboard").iterdir())
+    # a restart: same wandb run id, history rewritten from the checkpoint's copy (here: nothing kept)
+    second = RunLogger(cfg, tmp_path, "run-a", enabled=True, history=[], wandb_id=None)
+    assert second.wandb_id == run_id
+    second.close()
+    assert (tmp_path / "metrics_history.jsonl").read_text() == ""
+    off_rank = RunLogger(cfg, tmp_path / "other", "run-a", enabled=False, history=[], wandb_id=None)
+    off_rank.log_report({"epoch": 0, "global_step": 1})
+    assert not (tmp_path / "other").exists()
