@@ -106,8 +106,13 @@ def test_job_submit_trains_and_checkpoints():
                  "--storage-path", str(storage), "--name", "job-run", "--fragmentation_method", "PS_300",
                  "--atom_hidden_size", "8", "--block_hidden_size", "8", "--edge_size", "8", "--n_layers", "1",
                  "--k_neighbors", "4", "--max_n_vertex_per_gpu", "150", "--no-progress-bar"]
-        submit = run(["ray", "job", "submit", "--address", address, "--working-dir", ".", "--submission-id", job_id,
-                      "--no-wait", "--", *train], env, 120, cwd=ROOT)
+        deadline = time.time() + 120
+        while True:  # right after `ray start` the head's job agent may not be up yet: Ray says to retry
+            submit = run(["ray", "job", "submit", "--address", address, "--working-dir", ".", "--submission-id",
+                          job_id, "--no-wait", "--", *train], env, 120, cwd=ROOT)
+            if submit.returncode == 0 or "No available agent" not in submit.stderr or time.time() > deadline:
+                break
+            time.sleep(3)
         assert submit.returncode == 0, submit.stdout + submit.stderr
 
         status = ""
