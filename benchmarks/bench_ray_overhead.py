@@ -165,7 +165,13 @@ def main() -> None:
     if args.skip_ray:
         return
     storage = tempfile.mkdtemp(prefix="ray-store-", dir=args.root)
-    ray, ray_start, first, fit = ray_epochs(cfg, storage)
+    try:
+        ray, ray_start, first, fit = ray_epochs(cfg, storage)
+    except Exception as error:  # say why on a "P2" line: logs of the device run are filtered by that prefix
+        import traceback
+
+        print(f"P2 ray FAILED: {type(error).__name__}: {error}\n{traceback.format_exc()}", flush=True)
+        raise
     print(f"P2 ray (epochs 1..): {summary(ray)}", flush=True)
     print(f"P2 ray start-up: ray.init {ray_start:.2f} s; fit start -> end of epoch 0 {first:.2f} s "
           f"(bare epoch 0 took the warm-up too); whole fit {fit:.2f} s", flush=True)
