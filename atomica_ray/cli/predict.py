@@ -16,19 +16,8 @@ import time
 import numpy as np
 import torch
 
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", help="an atomica-ray checkpoint dir (or a dir with config.json + weights)")
-    parser.add_argument("--model_config", "--model-config", dest="model_config", help="ATOMICA config.json")
-    parser.add_argument("--model_weights", "--model-weights", dest="model_weights", help="ATOMICA weights .pt")
-    parser.add_argument("--data_path", "--data-path", "--data", dest="data_path", required=True,
-                        help="Parquet dataset dir, or an ATOMICA .pkl / .jsonl.gz")
-    parser.add_argument("--output_path", "--output-path", "--out", dest="output_path", required=True,
-                        help="Parquet file to write")
-    parser.add_argument("--max_n_vertex_per_gpu", "--batch-blocks", dest="budget", type=int, default=1000)
-    parser.add_argument("--allow_pickle", "--allow-pickle", dest="allow_pickle", action="store_true")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--overwrite", action="store_true")
+# predict reads a model and a dataset exactly as embed does
+from atomica_ray.cli.embed import add_arguments  # noqa: F401
 
 
 def has_labels(path: str, kind: str, fragmentation_method, allow_pickle: bool) -> bool:
