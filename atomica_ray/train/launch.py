@@ -6,6 +6,7 @@ existing cluster with `address`, the job's cluster inside `ray job submit`, else
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -95,13 +96,25 @@ def free_port() -> int:
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to `address`, or to the cluster this process already belongs to (a `ray job submit` driver has
-    RAY_ADDRESS set), or start a local Ray."""
+    RAY_ADDRESS set), or start a local Ray (with its dashboard when Ray's dashboard packages are installed)."""
     import ray
 
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
+        return
+    try:  # what Ray itself imports to decide whether it can start a dashboard (ray[default]'s extra packages)
+        import ray.dashboard.optional_deps  # noqa: F401
+    except ImportError as error:
+        # A minimal install (ray[train,tune] without "default") trains fine; ray.init(include_dashboard=True)
+        # would raise "Cannot include dashboard with missing packages".
+        logging.getLogger(__name__).warning(
+            "atomica-ray: starting a local Ray without its dashboard (import ray.dashboard.optional_deps failed: "
+            "%s); lost: the dashboard and the state API (ray list/summary, job submission), and Ray Train's "
+            "placement-group cleaner is not pinned to this cluster (RAY_API_SERVER_ADDRESS unset). "
+            "pip install 'ray[default]' to keep them.", error)
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
         return
     # A new local Ray. Ray Train's placement-group cleaner finds "its" cluster's state API by auto-detection, which
     # picks another cluster when several run on one machine, misses the controller there and removes this run's

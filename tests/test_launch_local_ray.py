@@ -1,0 +1,47 @@
+"""`init_ray` on a Ray without its dashboard packages (ray[train,tune] without "default"): the local Ray starts
+without the dashboard, says so in one warning, and runs tasks.
+
+The program runs in a subprocess: hiding `ray.dashboard.optional_deps` (a None entry in sys.modules makes its
+import raise ImportError, in our check and in Ray's own) must not leak into the other tests' Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROGRAM = r"""
+import os, sys
+sys.modules["ray.dashboard.optional_deps"] = None  # as if aiohttp_cors, opencensus, ... were not installed
+import ray
+from atomica_ray.train.launch import init_ray
+
+init_ray(num_cpus=1)
+
+@ray.remote
+def square(x):
+    return x * x
+
+print("result", ray.get([square.remote(i) for i in range(4)]))
+print("RAY_API_SERVER_ADDRESS", os.environ.get("RAY_API_SERVER_ADDRESS"))
+ray.shutdown()
+"""
+
+
+def test_init_ray_without_dashboard_packages(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-c", PROGRAM], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "result [0, 1, 4, 9]" in proc.stdout, out
+    assert "RAY_API_SERVER_ADDRESS None" in proc.stdout, out  # nothing pinned to a dashboard that does not exist
+    warnings = [line for line in proc.stderr.splitlines() if "without its dashboard" in line]
+    assert len(warnings) == 1, out
+    assert "import ray.dashboard.optional_deps failed" in warnings[0], out
+    assert "state API" in warnings[0] and "placement-group cleaner" in warnings[0], out
