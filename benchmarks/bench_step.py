@@ -2,7 +2,8 @@
 batches (ATOMICA's own: dynamic batches of <= 1000 blocks, items cropped to <= 256 blocks).
 
     python benchmarks/bench_step.py --batches /work/shared/atomica_reference/bench_batches.pt [--model Classifier]
-                                    [--impl stacked|e3nn] [--tf32] [--warmup 5] [--steps 20] [--profile]
+                                    [--impl stacked|e3nn] [--tf32] [--bf16] [--compile] [--warmup 5] [--steps 20]
+                                    [--chunk-elements N] [--profile]
 
 Prints the median step time, blocks/s, atoms/s and peak allocated GPU memory. ATOMICA's original code on one H100
 (float32, TF32 off): 925 ms (DenoisePretrainModel), 968 ms (ClassifierModel) per step.
@@ -17,6 +18,7 @@ import time
 import torch
 
 from atomica_ray.models import ClassifierModel, DenoisePretrainModel
+from atomica_ray.models import tensor_product
 from atomica_ray.models.equivariant import TensorProductConv
 
 RELEASED = dict(atom_hidden_size=32, block_hidden_size=32, edge_size=32, k_neighbors=8, n_layers=4, dropout=0.0,
@@ -54,6 +56,10 @@ def main() -> None:
     parser.add_argument("--model", default="DenoisePretrainModel", choices=["DenoisePretrainModel", "Classifier"])
     parser.add_argument("--impl", default="stacked", choices=["stacked", "e3nn"])
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off in ATOMICA's reference)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as `precision: bf16` trains")
+    parser.add_argument("--compile", action="store_true", help="torch.compile(model, dynamic=True)")
+    parser.add_argument("--chunk-elements", type=int, default=None,
+                        help="per-edge weight elements held at once (tensor_product.WEIGHT_CHUNK_ELEMENTS)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--profile", action="store_true", help="print the top kernels of one step")
@@ -64,16 +70,21 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     TensorProductConv.use_e3nn = args.impl == "e3nn"
+    if args.chunk_elements:
+        tensor_product.WEIGHT_CHUNK_ELEMENTS = args.chunk_elements
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build(name).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    forward = torch.compile(model, dynamic=True) if args.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     batches = torch.load(args.batches, weights_only=True)[name]
     batches = [{k: v.to(device) for k, v in b.items() if isinstance(v, torch.Tensor)} for b in batches]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step(batch):
-        loss = loss_of(name, model(**step_inputs(name, batch)))
+        with autocast:
+            loss = loss_of(name, forward(**step_inputs(name, batch)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -96,7 +107,8 @@ def main() -> None:
     total = sum(times)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"{name} impl={args.impl} tf32={args.tf32} device={gpu}")
+    print(f"{name} impl={args.impl} tf32={args.tf32} bf16={args.bf16} compile={args.compile} "
+          f"chunk={tensor_product.WEIGHT_CHUNK_ELEMENTS} device={gpu}")
     print(f"median step {1000 * statistics.median(times):.1f} ms  (min {1000 * min(times):.1f}, "
           f"max {1000 * max(times):.1f})  blocks/s {blocks / total:.0f}  atoms/s {atoms / total:.0f}  "
           f"peak allocated {peak:.2f} GiB")
@@ -107,8 +119,11 @@ def main() -> None:
         with profile(activities=activities) as prof:
             step(batches[0])
             sync()
-        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=key, row_limit=25))
+        key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=40))
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.device_time for e in kernels) / 1000
+        print(f"profiled step: {len(kernels)} device kernels/copies, {busy:.1f} ms of device time")
 
 
 if __name__ == "__main__":

@@ -94,16 +94,95 @@ class StackedTensorProduct(nn.Module):
                 for i1, piece in zip(members, part.split([self.in1[i][0] for i in members], dim=1)):
                     pieces[(i1, i2, lo)] = piece
 
-        w_all = linear.weight.index_select(0, self.weight_perm) * self.weight_scale.unsqueeze(1)
-        b_all = linear.bias.index_select(0, self.weight_perm) * self.weight_scale
-        outs = []
-        for (mul_out, dim_out), paths, w, b in zip(self.out_blocks, self.paths, w_all.split(self.block_rows),
-                                                   b_all.split(self.block_rows)):
-            if not paths:
-                outs.append(x.new_zeros(e, mul_out * dim_out))
-                continue
-            t = [pieces[path] for path in paths]
-            t = t[0] if len(t) == 1 else torch.cat(t, dim=1)  # [E, sum U, 2lo+1]
-            weight = nn.functional.linear(hidden, w, b).view(e, t.shape[1], mul_out)  # [E, sum U, W]
-            outs.append(torch.bmm(weight.transpose(1, 2), t).reshape(e, mul_out * dim_out))  # [E, W * (2lo+1)]
-        return torch.cat(outs, dim=1)
+        w_all = linear.weight.index_select(0, self.weight_perm) * self.weight_scale.unsqueeze(1)  # [numel, H]
+        b_all = linear.bias.index_select(0, self.weight_perm) * self.weight_scale  # [numel]
+        ts, blocks = [], []
+        for (mul_out, _), paths, rows in zip(self.out_blocks, self.paths, self.block_rows):
+            if paths:
+                t = [pieces[path] for path in paths]
+                ts.append(t[0] if len(t) == 1 else torch.cat(t, dim=1))  # [E, sum U, 2lo+1]
+                blocks.append((rows, mul_out))
+        out = EdgeWeightedContraction.apply(hidden, w_all, b_all, blocks, *ts)  # [E, sum over paths W (2lo+1)]
+        if len(blocks) == len(self.out_blocks):
+            return out
+        parts, it = [], iter(out.split([mul * dim for (mul, dim), p in zip(self.out_blocks, self.paths) if p], 1))
+        for (mul_out, dim_out), paths in zip(self.out_blocks, self.paths):
+            parts.append(next(it) if paths else out.new_zeros(e, mul_out * dim_out))
+        return torch.cat(parts, dim=1)
+
+
+# Elements of per-edge weights held at once (per output irrep, per chunk of edges): 2**26 = 256 MiB in fp32.
+WEIGHT_CHUNK_ELEMENTS = 1 << 26
+
+
+class EdgeWeightedContraction(torch.autograd.Function):
+    """out_o[e] = w_o[e]^T @ t_o[e] for each output irrep o, where the per-edge weights
+    w[e] = hidden[e] @ weight^T + bias are made chunk by chunk of edges and made again in backward.
+
+    The per-edge weights of the released configuration are [E, 11264] per layer (about 3.8 GB in fp32 on a
+    1000-block batch): holding them for backward is what made ATOMICA's step need 24 GiB. Here at most
+    `WEIGHT_CHUNK_ELEMENTS` of them exist at a time; the price is one more [E, H] x [H, numel] matmul.
+
+    Under autocast (bf16 / fp16) the weight matmul and the contraction run in that dtype with fp32 outputs and
+    fp32-accumulated parameter gradients.
+
+    hidden [E, H], weight [numel, H], bias [numel] in stacked order (output irrep o owns `rows_o = sum U * W`
+    consecutive rows, (u, w) row-major), blocks = [(rows_o, W_o)], ts = [t_o [E, sum U, 2lo+1]].
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, blocks, *ts):
+        device_type = hidden.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
+        out_dtype = torch.float32 if autocast else hidden.dtype
+        ctx.blocks, ctx.compute_dtype = blocks, dtype
+        ctx.save_for_backward(hidden, weight, bias, *ts)
+        with torch.autocast(device_type, enabled=False):
+            e = hidden.shape[0]
+            outs = [t.new_empty((e, w_o, t.shape[2]), dtype=dtype) for (_, w_o), t in zip(blocks, ts)]  # [E, W, 2lo+1]
+            for e0, e1, h, weight_parts, bias_parts in _chunks(hidden, weight, bias, blocks, dtype):
+                for (rows, w_o), wt, bs, t, out in zip(blocks, weight_parts, bias_parts, ts, outs):
+                    w = torch.addmm(bs, h, wt.t()).view(e1 - e0, rows // w_o, w_o)  # [c, sum U, W]
+                    torch.bmm(w.transpose(1, 2), t[e0:e1].to(dtype), out=out[e0:e1])
+            return torch.cat([out.view(e, -1) for out in outs], dim=1).to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, *ts = ctx.saved_tensors
+        blocks, dtype = ctx.blocks, ctx.compute_dtype
+        acc = torch.promote_types(dtype, torch.float32)  # gradients summed over chunks in at least fp32
+        with torch.autocast(hidden.device.type, enabled=False):
+            grad_outs = grad_out.split([w_o * t.shape[2] for (_, w_o), t in zip(blocks, ts)], dim=1)
+            grad_hidden = torch.zeros_like(hidden, dtype=acc)  # [E, H]
+            grad_weight = torch.zeros_like(weight, dtype=acc)  # [numel, H]
+            grad_bias = torch.zeros_like(bias, dtype=acc)
+            grad_weight_parts = grad_weight.split([rows for rows, _ in blocks])
+            grad_bias_parts = grad_bias.split([rows for rows, _ in blocks])
+            grad_ts = [torch.empty_like(t, dtype=dtype) for t in ts]
+            for e0, e1, h, weight_parts, bias_parts in _chunks(hidden, weight, bias, blocks, dtype):
+                c = e1 - e0
+                for (rows, w_o), wt, bs, t, g, gt, gw_all, gb_all in zip(
+                        blocks, weight_parts, bias_parts, ts, grad_outs, grad_ts, grad_weight_parts,
+                        grad_bias_parts):
+                    w = torch.addmm(bs, h, wt.t()).view(c, rows // w_o, w_o)  # [c, sum U, W], made again
+                    g = g[e0:e1].reshape(c, w_o, -1).to(dtype)  # [c, W, 2lo+1]
+                    torch.bmm(w, g, out=gt[e0:e1])  # d t
+                    gw = torch.bmm(t[e0:e1].to(dtype), g.transpose(1, 2)).view(c, rows)  # d w  [c, rows]
+                    grad_hidden[e0:e1] += gw @ wt
+                    gw_all += gw.t() @ h
+                    gb_all += gw.sum(0, dtype=acc)
+        return (grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), grad_bias.to(bias.dtype), None,
+                *(gt.to(t.dtype) for gt, t in zip(grad_ts, ts)))
+
+
+def _chunks(hidden, weight, bias, blocks, dtype):
+    """(e0, e1, hidden rows, weight rows per block, bias per block), all in `dtype`, for chunks of edges whose
+    largest per-block weight tensor has at most WEIGHT_CHUNK_ELEMENTS elements."""
+    rows = [r for r, _ in blocks]
+    weight_parts = weight.to(dtype).split(rows)
+    bias_parts = bias.to(dtype).split(rows)
+    step = max(1, WEIGHT_CHUNK_ELEMENTS // max(rows))
+    for e0 in range(0, hidden.shape[0], step):
+        e1 = min(hidden.shape[0], e0 + step)
+        yield e0, e1, hidden[e0:e1].to(dtype), weight_parts, bias_parts
