@@ -111,9 +111,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # would raise "Cannot include dashboard with missing packages".
         logging.getLogger(__name__).warning(
             "atomica-ray: starting a local Ray without its dashboard (import ray.dashboard.optional_deps failed: "
-            "%s); lost: the dashboard and the state API (ray list/summary, job submission), and Ray Train's "
-            "placement-group cleaner is not pinned to this cluster (RAY_API_SERVER_ADDRESS unset). "
-            "pip install 'ray[default]' to keep them.", error)
+            "%s); lost: the dashboard and the state API (ray list/summary, job submission), so Ray Train's "
+            "placement-group cleaner has no state API to ask (it logs 'Failed to query Ray Train Controller actor "
+            "state' about once a second: harmless) and is not pinned to this cluster (RAY_API_SERVER_ADDRESS "
+            "unset). pip install 'ray[default]' to keep them.", error)
         ray.init(num_cpus=num_cpus, include_dashboard=False)
         return
     # A new local Ray. Ray Train's placement-group cleaner finds "its" cluster's state API by auto-detection, which
