@@ -18,7 +18,7 @@ import time
 import torch
 
 from atomica_ray.models import ClassifierModel, DenoisePretrainModel
-from atomica_ray.models import tensor_product
+from atomica_ray.models import fused_contraction, tensor_product
 from atomica_ray.models.equivariant import TensorProductConv
 
 RELEASED = dict(atom_hidden_size=32, block_hidden_size=32, edge_size=32, k_neighbors=8, n_layers=4, dropout=0.0,
@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off in ATOMICA's reference)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as `precision: bf16` trains")
     parser.add_argument("--compile", action="store_true", help="torch.compile(model, dynamic=True)")
+    parser.add_argument("--no-fused", action="store_true", help="cuBLAS contraction instead of the Triton kernels")
+    parser.add_argument("--edge-tile", type=int, default=None, help="edges per Triton program")
+    parser.add_argument("--warps", type=int, default=None, help="warps per Triton program")
     parser.add_argument("--chunk-elements", type=int, default=None,
                         help="per-edge weight elements held at once (tensor_product.WEIGHT_CHUNK_ELEMENTS)")
     parser.add_argument("--warmup", type=int, default=5)
@@ -70,6 +73,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     TensorProductConv.use_e3nn = args.impl == "e3nn"
+    tensor_product.USE_FUSED = not args.no_fused
+    fused_contraction.EDGE_TILE = args.edge_tile or fused_contraction.EDGE_TILE
+    fused_contraction.NUM_WARPS = args.warps or fused_contraction.NUM_WARPS
     if args.chunk_elements:
         tensor_product.WEIGHT_CHUNK_ELEMENTS = args.chunk_elements
     device = torch.device(args.device)
@@ -108,7 +114,8 @@ def main() -> None:
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"{name} impl={args.impl} tf32={args.tf32} bf16={args.bf16} compile={args.compile} "
-          f"chunk={tensor_product.WEIGHT_CHUNK_ELEMENTS} device={gpu}")
+          f"chunk={tensor_product.WEIGHT_CHUNK_ELEMENTS} fused={tensor_product.USE_FUSED} "
+          f"tile={fused_contraction.EDGE_TILE}x{fused_contraction.NUM_WARPS}w device={gpu}")
     print(f"median step {1000 * statistics.median(times):.1f} ms  (min {1000 * min(times):.1f}, "
           f"max {1000 * max(times):.1f})  blocks/s {blocks / total:.0f}  atoms/s {atoms / total:.0f}  "
           f"peak allocated {peak:.2f} GiB")

@@ -22,6 +22,8 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from . import fused_contraction
+
 
 class StackedTensorProduct(nn.Module):
     """Execution plan for `tp` (an `o3.FullyConnectedTensorProduct` with `shared_weights=False` whose second input
@@ -111,8 +113,11 @@ class StackedTensorProduct(nn.Module):
         return torch.cat(parts, dim=1)
 
 
-# Elements of per-edge weights held at once (per output irrep, per chunk of edges): 2**26 = 256 MiB in fp32.
+# Elements of per-edge weights (or their gradients) held at once, per output irrep and chunk of edges: 2**26 =
+# 256 MiB in fp32.
 WEIGHT_CHUNK_ELEMENTS = 1 << 26
+# Triton kernels (fused_contraction.py) where they apply; False forces the cuBLAS path (benchmarks, debugging).
+USE_FUSED = True
 
 
 class EdgeWeightedContraction(torch.autograd.Function):
@@ -140,12 +145,20 @@ class EdgeWeightedContraction(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, bias, *ts)
         with torch.autocast(device_type, enabled=False):
             e = hidden.shape[0]
-            outs = [t.new_empty((e, w_o, t.shape[2]), dtype=dtype) for (_, w_o), t in zip(blocks, ts)]  # [E, W, 2lo+1]
-            for e0, e1, h, weight_parts, bias_parts in _chunks(hidden, weight, bias, blocks, dtype):
-                for (rows, w_o), wt, bs, t, out in zip(blocks, weight_parts, bias_parts, ts, outs):
-                    w = torch.addmm(bs, h, wt.t()).view(e1 - e0, rows // w_o, w_o)  # [c, sum U, W]
-                    torch.bmm(w.transpose(1, 2), t[e0:e1].to(dtype), out=out[e0:e1])
-            return torch.cat([out.view(e, -1) for out in outs], dim=1).to(out_dtype)
+            outs = [t.new_empty((e, w_o, t.shape[2]), dtype=out_dtype) for (_, w_o), t in zip(blocks, ts)]
+            fused = [_fused(hidden, w_o) for _, w_o in blocks]
+            weight_parts, bias_parts = _in_dtype(weight, bias, blocks, dtype)
+            for (_, w_o), wt, bs, t, out, f in zip(blocks, weight_parts, bias_parts, ts, outs, fused):
+                if f:
+                    fused_contraction.forward(hidden, wt, bs, t, w_o, out)  # [E, W, 2lo+1], w never stored
+            if not all(fused):
+                for e0, e1 in _chunks(hidden, blocks):
+                    h = hidden[e0:e1].to(dtype)
+                    for (rows, w_o), wt, bs, t, out, f in zip(blocks, weight_parts, bias_parts, ts, outs, fused):
+                        if not f:
+                            w = torch.addmm(bs, h, wt.t()).view(e1 - e0, rows // w_o, w_o)  # [c, sum U, W]
+                            out[e0:e1] = torch.bmm(w.transpose(1, 2), t[e0:e1].to(dtype))
+            return torch.cat([out.view(e, -1) for out in outs], dim=1)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -160,29 +173,44 @@ class EdgeWeightedContraction(torch.autograd.Function):
             grad_weight_parts = grad_weight.split([rows for rows, _ in blocks])
             grad_bias_parts = grad_bias.split([rows for rows, _ in blocks])
             grad_ts = [torch.empty_like(t, dtype=dtype) for t in ts]
-            for e0, e1, h, weight_parts, bias_parts in _chunks(hidden, weight, bias, blocks, dtype):
+            weight_parts, bias_parts = _in_dtype(weight, bias, blocks, dtype)
+            for e0, e1 in _chunks(hidden, blocks):
                 c = e1 - e0
+                h = hidden[e0:e1].to(dtype)
+                # [hidden, 1, 0 ...]: dL/dw^T @ h_ones gives the Linear's weight and bias gradients in one matmul
+                h_ones = torch.cat((h, h.new_ones(c, 1), h.new_zeros(c, 7)), dim=1)  # [c, H + 8]
                 for (rows, w_o), wt, bs, t, g, gt, gw_all, gb_all in zip(
                         blocks, weight_parts, bias_parts, ts, grad_outs, grad_ts, grad_weight_parts,
                         grad_bias_parts):
-                    w = torch.addmm(bs, h, wt.t()).view(c, rows // w_o, w_o)  # [c, sum U, W], made again
-                    g = g[e0:e1].reshape(c, w_o, -1).to(dtype)  # [c, W, 2lo+1]
-                    torch.bmm(w, g, out=gt[e0:e1])  # d t
-                    gw = torch.bmm(t[e0:e1].to(dtype), g.transpose(1, 2)).view(c, rows)  # d w  [c, rows]
-                    grad_hidden[e0:e1] += gw @ wt
-                    gw_all += gw.t() @ h
-                    gb_all += gw.sum(0, dtype=acc)
+                    if _fused(hidden, w_o):
+                        gw = torch.empty((c, rows), dtype=dtype, device=h.device)  # d w  [c, rows]
+                        fused_contraction.backward(hidden[e0:e1], wt, bs, t[e0:e1], g[e0:e1], w_o, gt[e0:e1], gw,
+                                                   grad_hidden[e0:e1], accumulate=True)
+                    else:
+                        w = torch.addmm(bs, h, wt.t()).view(c, rows // w_o, w_o)  # [c, sum U, W], made again
+                        g = g[e0:e1].reshape(c, w_o, -1).to(dtype)  # [c, W, 2lo+1]
+                        torch.bmm(w, g, out=gt[e0:e1])  # d t
+                        gw = torch.bmm(t[e0:e1].to(dtype), g.transpose(1, 2)).view(c, rows)  # d w  [c, rows]
+                        grad_hidden[e0:e1] += gw @ wt
+                    grad_weight_bias = gw.t() @ h_ones  # [rows, H + 8]
+                    gw_all += grad_weight_bias[:, :-8]
+                    gb_all += grad_weight_bias[:, -8]
         return (grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), grad_bias.to(bias.dtype), None,
                 *(gt.to(t.dtype) for gt, t in zip(grad_ts, ts)))
 
 
-def _chunks(hidden, weight, bias, blocks, dtype):
-    """(e0, e1, hidden rows, weight rows per block, bias per block), all in `dtype`, for chunks of edges whose
-    largest per-block weight tensor has at most WEIGHT_CHUNK_ELEMENTS elements."""
+def _fused(hidden: torch.Tensor, mul_out: int) -> bool:
+    return USE_FUSED and hidden.dtype in (torch.float32, torch.bfloat16) and fused_contraction.usable(hidden, mul_out)
+
+
+def _in_dtype(weight, bias, blocks, dtype):
+    """The weight rows and biases of each output block, contiguous, in the compute dtype."""
     rows = [r for r, _ in blocks]
-    weight_parts = weight.to(dtype).split(rows)
-    bias_parts = bias.to(dtype).split(rows)
-    step = max(1, WEIGHT_CHUNK_ELEMENTS // max(rows))
+    return weight.to(dtype).split(rows), bias.to(dtype).split(rows)
+
+
+def _chunks(hidden, blocks):
+    """(e0, e1) of chunks of edges whose largest per-block weight tensor has at most WEIGHT_CHUNK_ELEMENTS."""
+    step = max(1, WEIGHT_CHUNK_ELEMENTS // max(r for r, _ in blocks))
     for e0 in range(0, hidden.shape[0], step):
-        e1 = min(hidden.shape[0], e0 + step)
-        yield e0, e1, hidden[e0:e1].to(dtype), weight_parts, bias_parts
+        yield e0, min(hidden.shape[0], e0 + step)
