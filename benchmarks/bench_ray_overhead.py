@@ -37,7 +37,7 @@ from atomica_ray.data import make_loader  # noqa: E402
 from atomica_ray.data.demo import write_demo_dataset  # noqa: E402
 from atomica_ray.tasks import get_task  # noqa: E402
 from atomica_ray.train.config import TrainConfig  # noqa: E402
-from atomica_ray.train.loop import build_model, data_spec, seed_all, to_device  # noqa: E402
+from atomica_ray.train.loop import autocast, build_model, data_spec, seed_all, to_device  # noqa: E402
 from atomica_ray.train.schedule import build_optimizer  # noqa: E402
 
 RELEASED = dict(atom_hidden_size=32, block_hidden_size=32, edge_size=32, n_layers=4, k_neighbors=8,
@@ -67,7 +67,8 @@ def bare_epochs(cfg: TrainConfig, device: torch.device) -> list[float]:
                              pin_memory=device.type == "cuda")
         loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
         for batch in loader:
-            loss, _ = task.forward(model, to_device(batch, device))
+            with autocast(cfg, device):
+                loss, _ = task.forward(model, to_device(batch, device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-blocks", type=int, default=1000, help="block budget of a batch (small: CPU smoke run)")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the engine's `precision`")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (epoch 0 is warm-up)")
@@ -153,9 +155,10 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = TrainConfig(task="binary_classifier", train_set=data, max_epoch=args.epochs, lr=1e-3,
                       loader_workers=args.loader_workers, num_workers=1, use_gpu=device.type == "cuda",
-                      progress_bar=False, **{**RELEASED, "max_n_vertex_per_gpu": args.batch_blocks})
+                      progress_bar=False, precision=args.precision, **{**RELEASED, "max_n_vertex_per_gpu": args.batch_blocks})
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"P2 setup: {n_items} items, {args.epochs} epochs, loader_workers={args.loader_workers}, device={gpu}",
+    print(f"P2 setup: {n_items} items, {args.epochs} epochs, loader_workers={args.loader_workers}, "
+          f"precision={args.precision}, device={gpu}",
           flush=True)
 
     bare = bare_epochs(cfg, device)[1:]

@@ -118,6 +118,7 @@ class StackedTensorProduct(nn.Module):
 WEIGHT_CHUNK_ELEMENTS = 1 << 26
 # Triton kernels (fused_contraction.py) where they apply; False forces the cuBLAS path (benchmarks, debugging).
 USE_FUSED = True
+FUSED_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class EdgeWeightedContraction(torch.autograd.Function):
@@ -200,7 +201,8 @@ class EdgeWeightedContraction(torch.autograd.Function):
 
 
 def _fused(hidden: torch.Tensor, mul_out: int) -> bool:
-    return USE_FUSED and hidden.dtype in (torch.float32, torch.bfloat16) and fused_contraction.usable(hidden, mul_out)
+    # Measured on an H100 (benchmarks/RESULTS.md): the kernels win in bf16, but lose to cuBLAS in TF32 and fp32
+    return USE_FUSED and hidden.dtype in FUSED_DTYPES and fused_contraction.usable(hidden, mul_out)
 
 
 def _in_dtype(weight, bias, blocks, dtype):
