@@ -37,26 +37,30 @@ class StepSummary:
 
 
 @torch.no_grad()
-def reduce_step(params: list[torch.nn.Parameter], oom: bool, nonfinite: bool, loss_sum: float, loss_count: int,
+def reduce_step(params: list[torch.nn.Parameter], oom, nonfinite, loss_sum, loss_count,
                 device: torch.device) -> StepSummary:
-    """Average the gradients of `params` over ranks and agree on the step's flags, in one all-reduce.
+    """Average the gradients of `params` over ranks and agree on the step's flags, in one all-reduce and one host
+    sync. The flags and loss sums may be Python numbers or 0-d device tensors (kept on the device by the loop, so
+    that a step syncs once, here).
 
     A parameter without a gradient contributes zeros, so every rank's buffer has the same layout.
     """
     world = dist.get_world_size() if is_distributed() else 1
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     sizes = [g.numel() for g in grads]
-    flat = torch.cat([g.reshape(-1).float() for g in grads] +
-                     [torch.tensor([float(oom), float(nonfinite), loss_sum, float(loss_count)], device=device)])
+    # torch.full, not torch.tensor: a copy from host memory would wait for the queued kernels
+    flags = [v.float().reshape(1) if isinstance(v, torch.Tensor) else torch.full((1,), float(v), device=device)
+             for v in (oom, nonfinite, loss_sum, loss_count)]
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + flags)
     if world > 1:
         dist.all_reduce(flat)
-    n_oom, n_nonfinite, total, count = flat[-4:].tolist()
     grad_flat = flat[:-4] / world  # [n_params]
-    finite = bool(torch.isfinite(grad_flat).all())
+    finite = torch.isfinite(grad_flat).all().float().reshape(1)
+    n_oom, n_nonfinite, total, count, all_finite = torch.cat((flat[-4:], finite)).tolist()
     if not (n_oom or n_nonfinite):
         for p, g in zip(params, torch.split(grad_flat, sizes)):
             p.grad = g.view_as(p).to(p.dtype)
-    return StepSummary(int(n_oom), int(n_nonfinite), total, count, finite)
+    return StepSummary(int(n_oom), int(n_nonfinite), total, count, bool(all_finite))
 
 
 def gather_objects(obj):

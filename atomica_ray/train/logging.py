@@ -90,8 +90,9 @@ class RunLogger:
 
     def log_step(self, step: int, scalars: dict) -> None:
         """Per-optimizer-step scalars (train loss, lr, grad norm)."""
-        if not self.enabled:
+        if not self.enabled or (self.tb is None and self.wandb is None):
             return
+        scalars = {k: float(v) for k, v in scalars.items()}  # device tensors: read (a host sync) only when logged
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(f"train/{k}", v, step)

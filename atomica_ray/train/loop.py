@@ -264,7 +264,7 @@ class WorkerRun:
         self.model.train()
         for b, batch in enumerate(loader, start=st.batch):
             group_size = min(accum, n - (b // accum) * accum)
-            if not (group["oom"] or group["nonfinite"]):  # a doomed step needs no more compute
+            if not group["oom"]:  # a doomed step needs no more compute
                 self._micro_step(batch, 1.0 / group_size, group)
             if (b + 1) % accum and b + 1 < n:
                 continue
@@ -294,12 +294,14 @@ class WorkerRun:
                 loss, _ = self.task.forward(self.model, batch)
             if self.state.global_step in self.cfg.nonfinite_steps and self.rank == self.world - 1:
                 loss = loss * float("nan")  # test hook: a non-finite loss on one rank only
-            if not torch.isfinite(loss.detach()):
-                group["nonfinite"] = 1
-                return
+            # Flags and sums stay on the device: the step syncs with the host once, in reduce_step. A non-finite
+            # loss still runs backward; its step is then skipped on every rank.
+            value = loss.detach().float()
+            finite = torch.isfinite(value)
             self.scaler.scale(loss.float() * scale).backward()
-            group["loss_sum"] += float(loss.detach())
-            group["loss_count"] += 1
+            group["nonfinite"] = group["nonfinite"] + (~finite).float()
+            group["loss_sum"] = group["loss_sum"] + torch.where(finite, value, 0.0)
+            group["loss_count"] = group["loss_count"] + finite.float()
         except (RuntimeError, torch.OutOfMemoryError) as error:
             if not is_oom(error):
                 raise
@@ -310,11 +312,11 @@ class WorkerRun:
 
     def _optimizer_step(self, group: dict) -> dist.StepSummary:
         cfg, st = self.cfg, self.state
-        summary = dist.reduce_step(self.params, bool(group["oom"]), bool(group["nonfinite"]), group["loss_sum"],
-                                   int(group["loss_count"]), self.device)
+        summary = dist.reduce_step(self.params, group["oom"], group["nonfinite"], group["loss_sum"],
+                                   group["loss_count"], self.device)
         self.lr = lr_at(st.global_step, cfg, cfg.scheduler or self.task.scheduler, st.total_steps)
         nonfinite = summary.nonfinite > 0 or (not summary.grads_finite and not self.scaler.is_enabled())
-        grad_norm = float("nan")
+        grad_norm = float("nan")  # a device tensor after clipping: read only by the step loggers
         if summary.oom:
             st.skipped_oom += 1
         elif nonfinite:
@@ -328,7 +330,7 @@ class WorkerRun:
         else:
             st.bad_steps_in_row = 0
             self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or float("inf")))
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or float("inf"))
             apply_hparams(self.optimizer, cfg, self.lr)
             self.scaler.step(self.optimizer)
             self.scaler.update()
