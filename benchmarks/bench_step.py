@@ -5,7 +5,9 @@ batches (ATOMICA's own: dynamic batches of <= 1000 blocks, items cropped to <= 2
                                     [--impl stacked|e3nn] [--tf32] [--bf16] [--compile] [--warmup 5] [--steps 20]
                                     [--chunk-elements N] [--profile]
 
-Prints the median step time, blocks/s, atoms/s and peak allocated GPU memory. ATOMICA's original code on one H100
+Prints the median step time, blocks/s, atoms/s, peak allocated GPU memory and the median host time of a step (until
+`step()` returns, before the final sync: when it is close to the step time, the step is bound by Python and kernel
+launches, not by the GPU). `--bf16` is the engine's `precision: bf16` (autocast; the Triton contraction runs). ATOMICA's original code on one H100
 (float32, TF32 off): 925 ms (DenoisePretrainModel), 968 ms (ClassifierModel) per step.
 """
 
@@ -100,12 +102,13 @@ def main() -> None:
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times, blocks, atoms = [], 0, 0
+    times, host, blocks, atoms = [], [], 0, 0
     for i in range(args.steps):
         batch = batches[i % len(batches)]
         sync()
         t0 = time.perf_counter()
         step(batch)
+        host.append(time.perf_counter() - t0)  # Python + launches (+ the step's own host syncs)
         sync()
         times.append(time.perf_counter() - t0)
         blocks += batch["B"].shape[0]
@@ -118,16 +121,17 @@ def main() -> None:
           f"tile={fused_contraction.EDGE_TILE}x{fused_contraction.NUM_WARPS}w device={gpu}")
     print(f"median step {1000 * statistics.median(times):.1f} ms  (min {1000 * min(times):.1f}, "
           f"max {1000 * max(times):.1f})  blocks/s {blocks / total:.0f}  atoms/s {atoms / total:.0f}  "
-          f"peak allocated {peak:.2f} GiB")
+          f"peak allocated {peak:.2f} GiB  host {1000 * statistics.median(host):.1f} ms")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
+        with profile(activities=activities, record_shapes=True) as prof:
             step(batches[0])
             sync()
         key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=40))
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=25))
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         busy = sum(e.device_time for e in kernels) / 1000
         print(f"profiled step: {len(kernels)} device kernels/copies, {busy:.1f} ms of device time")
