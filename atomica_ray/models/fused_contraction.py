@@ -47,23 +47,33 @@ def _precision(dtype: torch.dtype) -> str:
 if triton is not None:
 
     @triton.jit
-    def _contract_fwd(h_ptr, w_ptr, b_ptr, t_ptr, out_ptr, E, stride_he, stride_te, stride_tu, S: tl.constexpr,
-                      H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-                      BE: tl.constexpr, PRECISION: tl.constexpr):
+    def _edge_tile(h_ptr, w_ptr, E, stride_he, H: tl.constexpr, HP: tl.constexpr, BE: tl.constexpr):
+        """This program's edges, the hidden-feature index and the edges' hidden features in the weight dtype."""
         e = tl.program_id(0) * BE + tl.arange(0, BE)  # [BE]
         e_ok = e < E
         k = tl.arange(0, HP)
         k_ok = k < H
+        hid = tl.load(h_ptr + e[:, None] * stride_he + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
+        return e, e_ok, k, k_ok, hid.to(w_ptr.dtype.element_ty)  # hid [BE, HP]
+
+    @triton.jit
+    def _weight_row(hid, w_ptr, b_ptr, u, v, k, k_ok, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr):
+        """The Linear's rows of input row u ([HP, W], transposed) and the edges' weights w[e, u, :] ([BE, W])."""
+        wu = tl.load(w_ptr + (u * W + v)[None, :] * H + k[:, None], mask=k_ok[:, None], other=0.0)
+        bu = tl.load(b_ptr + u * W + v).to(tl.float32)
+        return wu, tl.dot(hid, wu, input_precision=PRECISION) + bu[None, :]
+
+    @triton.jit
+    def _contract_fwd(h_ptr, w_ptr, b_ptr, t_ptr, out_ptr, E, stride_he, stride_te, stride_tu, S: tl.constexpr,
+                      H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+                      BE: tl.constexpr, PRECISION: tl.constexpr):
+        e, e_ok, k, k_ok, hid = _edge_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
         v = tl.arange(0, W)
         d = tl.arange(0, DP)
         d_ok = d < D
-        hid = tl.load(h_ptr + e[:, None] * stride_he + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-        hid = hid.to(w_ptr.dtype.element_ty)  # [BE, HP]
         acc = tl.zeros((BE, W, DP), dtype=tl.float32)
         for u in range(S):
-            wu = tl.load(w_ptr + (u * W + v)[None, :] * H + k[:, None], mask=k_ok[:, None], other=0.0)  # [HP, W]
-            bu = tl.load(b_ptr + u * W + v).to(tl.float32)  # [W]
-            weight = tl.dot(hid, wu, input_precision=PRECISION) + bu[None, :]  # [BE, W] = w[e, u, :]
+            _, weight = _weight_row(hid, w_ptr, b_ptr, u, v, k, k_ok, H, W, PRECISION)  # [BE, W]
             tu = tl.load(t_ptr + e[:, None] * stride_te + u * stride_tu + d[None, :],
                          mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BE, DP]
             acc += weight[:, :, None] * tu[:, None, :]
@@ -72,24 +82,18 @@ if triton is not None:
 
     @triton.jit
     def _contract_bwd(h_ptr, w_ptr, b_ptr, t_ptr, g_ptr, gt_ptr, gw_ptr, gh_ptr, E, stride_he, stride_te,
-                      stride_tu, stride_ge, S: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr,
-                      DP: tl.constexpr, BE: tl.constexpr, PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr):
-        e = tl.program_id(0) * BE + tl.arange(0, BE)
-        e_ok = e < E
-        k = tl.arange(0, HP)
-        k_ok = k < H
+                      stride_tu, stride_ge, S: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr,
+                      D: tl.constexpr, DP: tl.constexpr, BE: tl.constexpr, PRECISION: tl.constexpr,
+                      ACCUMULATE: tl.constexpr):
+        e, e_ok, k, k_ok, hid = _edge_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
         v = tl.arange(0, W)
         d = tl.arange(0, DP)
         d_ok = d < D
-        hid = tl.load(h_ptr + e[:, None] * stride_he + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-        hid = hid.to(w_ptr.dtype.element_ty)  # [BE, HP]
         g = tl.load(g_ptr + e[:, None, None] * stride_ge + v[None, :, None] * D + d[None, None, :],
                     mask=e_ok[:, None, None] & d_ok[None, None, :], other=0.0).to(tl.float32)  # [BE, W, DP]
         grad_hid = tl.zeros((BE, HP), dtype=tl.float32)
         for u in range(S):
-            wu = tl.load(w_ptr + (u * W + v)[None, :] * H + k[:, None], mask=k_ok[:, None], other=0.0)  # [HP, W]
-            bu = tl.load(b_ptr + u * W + v).to(tl.float32)
-            weight = tl.dot(hid, wu, input_precision=PRECISION) + bu[None, :]  # [BE, W], made again
+            wu, weight = _weight_row(hid, w_ptr, b_ptr, u, v, k, k_ok, H, W, PRECISION)  # made again
             tu = tl.load(t_ptr + e[:, None] * stride_te + u * stride_tu + d[None, :],
                          mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BE, DP]
             grad_t = tl.sum(weight[:, :, None] * g, axis=1)  # [BE, DP]
