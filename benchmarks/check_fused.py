@@ -24,6 +24,7 @@ from atomica_ray.models.equivariant import TensorProductConv  # noqa: E402
 
 def run(conv, x, y, h, g, fused: bool, bf16: bool):
     tensor_product.USE_FUSED = fused
+    tensor_product.FUSED_DTYPES = (torch.float32, torch.bfloat16)  # training uses them in bf16 only; check all
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         hidden = conv.fc[2](conv.fc[1](conv.fc[0](h)))
         out = conv.stacked_tp(x, y, hidden, conv.fc[3])
