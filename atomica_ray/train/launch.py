@@ -113,8 +113,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             "atomica-ray: starting a local Ray without its dashboard (import ray.dashboard.optional_deps failed: "
             "%s); lost: the dashboard and the state API (ray list/summary, job submission), so Ray Train's "
             "placement-group cleaner has no state API to ask (it logs 'Failed to query Ray Train Controller actor "
-            "state' about once a second: harmless) and is not pinned to this cluster (RAY_API_SERVER_ADDRESS "
-            "unset). pip install 'ray[default]' to keep them.", error)
+            "state' about once a second: harmless). pip install 'ray[default]' to keep them.", error)
+        # Pinned to a closed port: left to auto-detection, the cleaner could ask another local cluster's dashboard,
+        # miss this run's controller there and remove its placement group.
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{free_port()}"
         ray.init(num_cpus=num_cpus, include_dashboard=False)
         return
     # A new local Ray. Ray Train's placement-group cleaner finds "its" cluster's state API by auto-detection, which
