@@ -19,7 +19,8 @@ from atomica_ray.models import fused_contraction, tensor_product
 from atomica_ray.models.equivariant import TensorProductConv
 
 tensor_product.FUSED_DTYPES = (torch.float32,)  # production uses the kernels in bf16 only
-tensor_product.WEIGHT_CHUNK_ELEMENTS = 2000  # several chunks of edges in backward
+tensor_product.WEIGHT_CHUNK_ELEMENTS = 2000  # several chunks of edges in backward, on both paths
+tensor_product.FUSED_GRAD_CHUNK_ELEMENTS = 2000
 torch.manual_seed(0)
 worst, used = 0.0, 0
 for irreps_in, irreps_out, hidden in [("16x0e + 16x1o", "16x0e + 16x1o + 16x2e", 40),

@@ -345,3 +345,22 @@ def test_stacked_tensor_product_equals_e3nn():
         fast = conv.stacked_tp(x, y, hidden, conv.fc[3])
         assert (reference - fast).abs().max() < 1e-5 * max(1.0, reference.abs().max().item()), str(conv.tp)
         assert isinstance(conv.tp, o3.FullyConnectedTensorProduct)
+
+
+def test_chunked_tensor_product_gradients_equal_e3nn(monkeypatch):
+    """Per-edge weights made in chunks of edges and made again in backward: e3nn's values and gradients."""
+    from atomica_ray.models import tensor_product
+    from atomica_ray.models.equivariant import TensorProductConv
+    monkeypatch.setattr(tensor_product, "WEIGHT_CHUNK_ELEMENTS", 3000)  # ~10 chunks of 37 edges
+    gen = torch.Generator().manual_seed(1)
+    conv = TensorProductConv("8x0e + 4x1o + 4x2e", "1x0e + 1x1o + 1x2e", "8x0e + 4x1o + 4x2e + 4x1e + 4x2o", 24)
+    x = torch.randn(37, conv.tp.irreps_in1.dim, generator=gen, requires_grad=True)
+    y = torch.randn(37, 9, generator=gen)
+    h = torch.randn(37, 24, generator=gen, requires_grad=True)
+    g = torch.randn(37, conv.tp.irreps_out.dim, generator=gen)
+    params = [x, h, conv.fc[0].weight, conv.fc[3].weight, conv.fc[3].bias]
+    reference = conv.tp(x, y, conv.fc(h))
+    fast = conv.stacked_tp(x, y, conv.fc[2](conv.fc[1](conv.fc[0](h))), conv.fc[3])
+    assert torch.allclose(fast, reference, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(reference, params, g), torch.autograd.grad(fast, params, g)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

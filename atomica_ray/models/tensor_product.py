@@ -119,6 +119,8 @@ WEIGHT_CHUNK_ELEMENTS = 1 << 26
 # Triton kernels (fused_contraction.py) where they apply; False forces the cuBLAS path (benchmarks, debugging).
 USE_FUSED = True
 FUSED_DTYPES = (torch.bfloat16, torch.float16)
+# dL/dw elements held at once on the kernels' path (2**28 = 512 MiB in bf16: the whole batch of a released layer)
+FUSED_GRAD_CHUNK_ELEMENTS = 1 << 28
 
 
 class EdgeWeightedContraction(torch.autograd.Function):
@@ -166,38 +168,41 @@ class EdgeWeightedContraction(torch.autograd.Function):
         hidden, weight, bias, *ts = ctx.saved_tensors
         blocks, dtype = ctx.blocks, ctx.compute_dtype
         acc = torch.promote_types(dtype, torch.float32)  # gradients summed over chunks in at least fp32
+        e, n_hidden = hidden.shape
         with torch.autocast(hidden.device.type, enabled=False):
             grad_outs = grad_out.split([w_o * t.shape[2] for (_, w_o), t in zip(blocks, ts)], dim=1)
             grad_hidden = torch.zeros_like(hidden, dtype=acc)  # [E, H]
-            grad_weight = torch.zeros_like(weight, dtype=acc)  # [numel, H]
-            grad_bias = torch.zeros_like(bias, dtype=acc)
-            grad_weight_parts = grad_weight.split([rows for rows, _ in blocks])
-            grad_bias_parts = grad_bias.split([rows for rows, _ in blocks])
             grad_ts = [torch.empty_like(t, dtype=dtype) for t in ts]
             weight_parts, bias_parts = _in_dtype(weight, bias, blocks, dtype)
-            for e0, e1 in _chunks(hidden, blocks):
-                c = e1 - e0
-                h = hidden[e0:e1].to(dtype)
-                # [hidden, 1, 0 ...]: dL/dw^T @ h_ones gives the Linear's weight and bias gradients in one matmul
-                h_ones = torch.cat((h, h.new_ones(c, 1), h.new_zeros(c, 7)), dim=1)  # [c, H + 8]
-                for (rows, w_o), wt, bs, t, g, gt, gw_all, gb_all in zip(
-                        blocks, weight_parts, bias_parts, ts, grad_outs, grad_ts, grad_weight_parts,
-                        grad_bias_parts):
-                    if _fused(hidden, w_o):
-                        gw = torch.empty((c, rows), dtype=dtype, device=h.device)  # d w  [c, rows]
+            # [hidden, 1, 0 ...]: dL/dw^T @ h_ones gives the Linear's weight and bias gradients in one matmul
+            h_ones = torch.cat((hidden.to(dtype), hidden.new_ones(e, 1, dtype=dtype),
+                                hidden.new_zeros(e, 7, dtype=dtype)), dim=1)  # [E, H + 8]
+            grad_weight_bias = []  # per block [rows, H + 8]
+            for (rows, w_o), wt, bs, t, g, gt in zip(blocks, weight_parts, bias_parts, ts, grad_outs, grad_ts):
+                fused = _fused(hidden, w_o)
+                # the kernels store only dL/dw (no w), so they take larger chunks of edges: usually all of them
+                step = max(1, (FUSED_GRAD_CHUNK_ELEMENTS if fused else WEIGHT_CHUNK_ELEMENTS) // rows)
+                total = None
+                for e0 in range(0, e, step):
+                    e1 = min(e, e0 + step)
+                    c = e1 - e0
+                    if fused:
+                        gw = torch.empty((c, rows), dtype=dtype, device=hidden.device)  # d w  [c, rows]
                         fused_contraction.backward(hidden[e0:e1], wt, bs, t[e0:e1], g[e0:e1], w_o, gt[e0:e1], gw,
                                                    grad_hidden[e0:e1], accumulate=True)
                     else:
+                        h = h_ones[e0:e1, :n_hidden]
                         w = torch.addmm(bs, h, wt.t()).view(c, rows // w_o, w_o)  # [c, sum U, W], made again
-                        g = g[e0:e1].reshape(c, w_o, -1).to(dtype)  # [c, W, 2lo+1]
-                        torch.bmm(w, g, out=gt[e0:e1])  # d t
-                        gw = torch.bmm(t[e0:e1].to(dtype), g.transpose(1, 2)).view(c, rows)  # d w  [c, rows]
+                        gc = g[e0:e1].reshape(c, w_o, -1).to(dtype)  # [c, W, 2lo+1]
+                        torch.bmm(w, gc, out=gt[e0:e1])  # d t
+                        gw = torch.bmm(t[e0:e1].to(dtype), gc.transpose(1, 2)).view(c, rows)  # d w  [c, rows]
                         grad_hidden[e0:e1] += gw @ wt
-                    grad_weight_bias = gw.t() @ h_ones  # [rows, H + 8]
-                    gw_all += grad_weight_bias[:, :-8]
-                    gb_all += grad_weight_bias[:, -8]
-        return (grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), grad_bias.to(bias.dtype), None,
-                *(gt.to(t.dtype) for gt, t in zip(grad_ts, ts)))
+                    part = gw.t() @ h_ones[e0:e1]  # [rows, H + 8]
+                    total = part if total is None else total.to(acc).add_(part)
+                grad_weight_bias.append(total)
+            grad_weight_bias = torch.cat(grad_weight_bias)  # [numel, H + 8]
+        return (grad_hidden.to(hidden.dtype), grad_weight_bias[:, :n_hidden].to(weight.dtype),
+                grad_weight_bias[:, n_hidden].to(bias.dtype), None, *(gt.to(t.dtype) for gt, t in zip(grad_ts, ts)))
 
 
 def _fused(hidden: torch.Tensor, mul_out: int) -> bool:
