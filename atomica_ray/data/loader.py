@@ -264,6 +264,14 @@ def make_transform_for(spec: DataSpec):
     return make_transform(spec)
 
 
+def prepare_tables(spec: DataSpec) -> None:
+    """Build or load the noise tables of `spec` now (the trainer calls this before its first epoch, so that no
+    epoch's first batch waits for a table built on the machine's first use)."""
+    transform = make_transform_for(spec)
+    if transform is not None:
+        transform.load_tables()
+
+
 def make_loader(spec: DataSpec, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1,
                 start_batch: int = 0, shuffle: bool = True, num_workers: int = 0, pin_memory: bool = False,
                 prefetch_factor: int | None = None, multiprocessing_context=None) -> EpochLoader:
@@ -285,8 +293,10 @@ def make_loader(spec: DataSpec, seed: int = 0, epoch: int = 0, rank: int = 0, wo
                           world_size, shuffle=shuffle, balance=spec.balance, groups=groups)
     except ValueError as e:
         raise DataError(f"{items.path}: {e}") from e
-    batches = EpochBatches(items, plan.rank_batches(rank), plan.crop_to, labels, spec, seed, epoch,
-                           make_transform_for(spec))
+    transform = make_transform_for(spec)
+    if transform is not None:
+        transform.load_tables()  # here, once: workers inherit them
+    batches = EpochBatches(items, plan.rank_batches(rank), plan.crop_to, labels, spec, seed, epoch, transform)
     if not 0 <= start_batch <= len(batches):
         raise ValueError(f"make_loader: start_batch {start_batch} outside 0..{len(batches)}")
     kwargs: dict = {"num_workers": num_workers, "pin_memory": pin_memory}

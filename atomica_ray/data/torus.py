@@ -153,8 +153,11 @@ class TorusScore:
         self.sigma = float(sigma)
         self._row = None  # [5001], loaded on first call
 
-    def __call__(self, x) -> np.ndarray:
+    def load(self) -> None:
         if self._row is None:
             self._row = np.array(score_table()[int(sigma_index(self.sigma))], dtype=np.float64)
+
+    def __call__(self, x) -> np.ndarray:
+        self.load()
         sign, xi = _x_index(x)
         return -sign * self._row[xi]

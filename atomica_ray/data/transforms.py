@@ -157,6 +157,14 @@ class PretrainTransform:
         self.torus = TorusScore(s.torsion_noise) if s.kind in TORSION_KINDS else None
         self.vocab = get_vocab(s.fragmentation_method) if s.kind in MASKED_KINDS else None
 
+    def load_tables(self) -> None:
+        """Load (building and caching them on a machine's first use, ~2 s) the noise tables now, in this process:
+        loader workers then inherit them instead of each loading them for its first item."""
+        if self.igso3 is not None:
+            self.igso3.tables  # noqa: B018
+        if self.torus is not None:
+            self.torus.load()
+
     def __repr__(self) -> str:
         return f"PretrainTransform({self.settings})"
 

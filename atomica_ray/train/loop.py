@@ -170,6 +170,11 @@ class WorkerRun:
 
         self.train_spec = data_spec(cfg, self.task, cfg.train_set, train=True)
         self.valid_spec = data_spec(cfg, self.task, cfg.valid_set, train=False) if cfg.valid_set else None
+        from atomica_ray.data.loader import prepare_tables
+
+        for spec in (self.train_spec, self.valid_spec):  # before epoch 0, not inside its first batch
+            if spec is not None:
+                prepare_tables(spec)
         if self.state.total_steps == 0:
             n0 = len(self._train_loader(epoch=0, start_batch=0))
             self.state.total_steps = cfg.max_epoch * math.ceil(n0 / cfg.grad_accum)
