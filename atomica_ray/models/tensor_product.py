@@ -13,7 +13,9 @@ output irrep. T is computed with one matmul per input l1: the outer product of a
 harmonics times a (block-sparse) matrix of every C(l1 . .) needed.
 
 e3nn runs one einsum per path on strided weight slices; this does a handful of matmuls. It is the same function
-(up to float rounding), which tests/test_models_properties.py checks against e3nn.
+(up to float rounding), which tests/test_models_properties.py checks against e3nn. The per-edge weights are never
+held whole (`EdgeWeightedContraction`); in bf16 on a GPU, Triton kernels make them in registers
+(fused_contraction.py).
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ class EdgeWeightedContraction(torch.autograd.Function):
     `WEIGHT_CHUNK_ELEMENTS` of them exist at a time; the price is one more [E, H] x [H, numel] matmul.
 
     Under autocast (bf16 / fp16) the weight matmul and the contraction run in that dtype with fp32 outputs and
-    fp32-accumulated parameter gradients.
+    fp32-accumulated parameter gradients; on a GPU, output blocks of >= 16 channels then go to the Triton kernels of
+    fused_contraction.py, which never store w and store dL/dw once (chunks of FUSED_GRAD_CHUNK_ELEMENTS).
 
     hidden [E, H], weight [numel, H], bias [numel] in stacked order (output irrep o owns `rows_o = sum U * W`
     consecutive rows, (u, w) row-major), blocks = [(rows_o, W_o)], ts = [t_o [E, sum U, 2lo+1]].
