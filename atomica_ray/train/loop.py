@@ -31,7 +31,7 @@ from atomica_ray.train import dist
 from atomica_ray.train.checkpoint import (
     TrainState, model_files, read_history, read_train_state, rng_state, set_rng_state, write_checkpoint,
 )
-from atomica_ray.train.config import TrainConfig
+from atomica_ray.train.config import ATOMICA_SEED, TrainConfig
 from atomica_ray.train.ema import EMA
 from atomica_ray.train.logging import RunLogger
 from atomica_ray.train.schedule import apply_hparams, build_optimizer, lr_at
@@ -375,7 +375,8 @@ class WorkerRun:
     def validate(self) -> dict:
         from atomica_ray.data import make_loader
 
-        loader = make_loader(self.valid_spec, seed=self.cfg.seed, epoch=0, rank=self.rank, world_size=self.world,
+        # The same noisy validation set for every run, whatever its seed: runs and Tune trials compare on one set
+        loader = make_loader(self.valid_spec, seed=ATOMICA_SEED, epoch=0, rank=self.rank, world_size=self.world,
                              shuffle=False, num_workers=self.cfg.loader_workers,
                              pin_memory=self.device.type == "cuda")
         records: dict[str, list] = defaultdict(list)
