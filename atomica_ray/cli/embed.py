@@ -40,9 +40,7 @@ def run(args) -> int:
 
     start = time.perf_counter()
     try:
-        config, weights = inf.resolve_model_paths(args.checkpoint, args.model_config, args.model_weights)
-        device = inf.pick_device(args.device)
-        model, model_config = inf.load_model(config, weights, device)
+        _, device, model, model_config = inf.model_from_args(args)
         interface = model_config["model_type"] == "ProteinInterfaceModel"
         batches = inf.ordered_batches(args.data_path, "prot_interface" if interface else "plain", args.budget,
                                       inf.fragmentation_of(model_config), args.allow_pickle)

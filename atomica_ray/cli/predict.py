@@ -41,9 +41,7 @@ def run(args) -> int:
 
     start = time.perf_counter()
     try:
-        config, weights = inf.resolve_model_paths(args.checkpoint, args.model_config, args.model_weights)
-        device = inf.pick_device(args.device)
-        model, model_config = inf.load_model(config, weights, device)
+        config, device, model, model_config = inf.model_from_args(args)
         model_type = model_config["model_type"]
         if model_type not in inf.PREDICTING_TASKS:
             raise ValueError(f"{config}: {model_type} makes no per-item prediction; predict supports "

@@ -48,6 +48,15 @@ def load_model(config: Path, weights: Path, device: torch.device) -> tuple[torch
     return model, model_config
 
 
+def model_from_args(args) -> tuple[Path, torch.device, torch.nn.Module, dict]:
+    """(config path, device, model in eval mode, its config.json) from embed / predict arguments (`--checkpoint`,
+    `--model_config`, `--model_weights`, `--device`)."""
+    config, weights = resolve_model_paths(args.checkpoint, args.model_config, args.model_weights)
+    device = pick_device(args.device)
+    model, model_config = load_model(config, weights, device)
+    return config, device, model, model_config
+
+
 def fragmentation_of(model_config: dict) -> str | None:
     inner = model_config.get("prot_model", model_config)  # ProteinInterfaceModel nests its encoder's config
     return inner.get("fragmentation_method")
