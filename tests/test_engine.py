@@ -7,7 +7,6 @@ learning rate."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,21 +18,6 @@ from atomica_ray.train.loop import WorkerRun
 
 pytestmark = pytest.mark.slow
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from atomica_ray.train.launch import init_ray
-
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    api = os.environ.get("RAY_API_SERVER_ADDRESS")
-    init_ray(num_cpus=4)
-    yield
-    ray.shutdown()
-    if api is None:
-        os.environ.pop("RAY_API_SERVER_ADDRESS", None)
 
 
 @pytest.fixture(scope="module")

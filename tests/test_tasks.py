@@ -40,23 +40,6 @@ NOISE = {
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import os
-
-    import ray
-
-    from atomica_ray.train.launch import init_ray
-
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    api = os.environ.get("RAY_API_SERVER_ADDRESS")
-    init_ray(num_cpus=4)
-    yield
-    ray.shutdown()
-    if api is None:
-        os.environ.pop("RAY_API_SERVER_ADDRESS", None)
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Demo splits (binary label, affinity) and a 3-class copy (class = affinity tercile)."""
     from atomica_ray.data.demo import demo_items, write_demo_splits
