@@ -64,7 +64,17 @@ if triton is not None:
         return wu, tl.dot(hid, wu, input_precision=PRECISION) + bu[None, :]
 
     @triton.jit
-    def _contract_fwd(h_ptr, w_ptr, b_ptr, t_ptr, out_ptr, E, stride_he, stride_te, stride_tu, S: tl.constexpr,
+    def _t_row(rows_ptr, u, e, n_edges):
+        """Where row u of the block's T starts for edges e ([BE], indices into the projection buffer's n_edges).
+        T is not stored: its rows lie in the group-major projection buffer, where row u of edge e starts at element
+        start[u] * n_edges + e * stride[u] + column[u] (rows_ptr: int32 [S, 3] = (start, stride, column))."""
+        start = tl.load(rows_ptr + 3 * u).to(tl.int64)
+        stride = tl.load(rows_ptr + 3 * u + 1).to(tl.int64)
+        column = tl.load(rows_ptr + 3 * u + 2)
+        return (start * n_edges + column) + e.to(tl.int64) * stride  # [BE] int64
+
+    @triton.jit
+    def _contract_fwd(h_ptr, w_ptr, b_ptr, t_ptr, rows_ptr, out_ptr, E, stride_he, stride_oe, S: tl.constexpr,
                       H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
                       BE: tl.constexpr, PRECISION: tl.constexpr):
         e, e_ok, k, k_ok, hid = _edge_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
@@ -74,31 +84,33 @@ if triton is not None:
         acc = tl.zeros((BE, W, DP), dtype=tl.float32)
         for u in range(S):
             _, weight = _weight_row(hid, w_ptr, b_ptr, u, v, k, k_ok, H, W, PRECISION)  # [BE, W]
-            tu = tl.load(t_ptr + e[:, None] * stride_te + u * stride_tu + d[None, :],
+            tu = tl.load(t_ptr + _t_row(rows_ptr, u, e, E)[:, None] + d[None, :],
                          mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BE, DP]
             acc += weight[:, :, None] * tu[:, None, :]
-        out = out_ptr + e[:, None, None] * (W * D) + v[None, :, None] * D + d[None, None, :]
+        out = out_ptr + e.to(tl.int64)[:, None, None] * stride_oe + v[None, :, None] * D + d[None, None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=e_ok[:, None, None] & d_ok[None, None, :])
 
     @triton.jit
-    def _contract_bwd(h_ptr, w_ptr, b_ptr, t_ptr, g_ptr, gt_ptr, gw_ptr, gh_ptr, E, stride_he, stride_te,
-                      stride_tu, stride_ge, S: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr,
+    def _contract_bwd(h_ptr, w_ptr, b_ptr, t_ptr, rows_ptr, g_ptr, gt_ptr, gw_ptr, gh_ptr, E, e_first, n_edges,
+                      stride_he, stride_ge, S: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr,
                       D: tl.constexpr, DP: tl.constexpr, BE: tl.constexpr, PRECISION: tl.constexpr,
                       ACCUMULATE: tl.constexpr):
+        # edges e (local to the chunk of E edges) are edges e_first + e of the projection buffer
         e, e_ok, k, k_ok, hid = _edge_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
         v = tl.arange(0, W)
         d = tl.arange(0, DP)
         d_ok = d < D
-        g = tl.load(g_ptr + e[:, None, None] * stride_ge + v[None, :, None] * D + d[None, None, :],
+        e_ok_d = e_ok[:, None] & d_ok[None, :]
+        g = tl.load(g_ptr + e.to(tl.int64)[:, None, None] * stride_ge + v[None, :, None] * D + d[None, None, :],
                     mask=e_ok[:, None, None] & d_ok[None, None, :], other=0.0).to(tl.float32)  # [BE, W, DP]
         grad_hid = tl.zeros((BE, HP), dtype=tl.float32)
         for u in range(S):
             wu, weight = _weight_row(hid, w_ptr, b_ptr, u, v, k, k_ok, H, W, PRECISION)  # made again
-            tu = tl.load(t_ptr + e[:, None] * stride_te + u * stride_tu + d[None, :],
-                         mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BE, DP]
+            row = _t_row(rows_ptr, u, e_first + e, n_edges)[:, None] + d[None, :]  # [BE, DP]
+            tu = tl.load(t_ptr + row, mask=e_ok_d, other=0.0).to(tl.float32)
             grad_t = tl.sum(weight[:, :, None] * g, axis=1)  # [BE, DP]
-            tl.store(gt_ptr + e[:, None] * (S * D) + u * D + d[None, :], grad_t.to(gt_ptr.dtype.element_ty),
-                     mask=e_ok[:, None] & d_ok[None, :])
+            # dL/dT goes to the same place of the gradient buffer: each element of T belongs to one block
+            tl.store(gt_ptr + row, grad_t.to(gt_ptr.dtype.element_ty), mask=e_ok_d)
             grad_w = tl.sum(tu[:, None, :] * g, axis=2).to(gw_ptr.dtype.element_ty)  # [BE, W] = dL/dw[e, u, :]
             tl.store(gw_ptr + e[:, None] * (S * W) + u * W + v[None, :], grad_w, mask=e_ok[:, None])
             grad_hid += tl.dot(grad_w.to(wu.dtype), tl.trans(wu), input_precision=PRECISION)  # [BE, HP]
@@ -109,29 +121,35 @@ if triton is not None:
         tl.store(gh, grad_hid, mask=gh_ok)
 
 
-def _dims(hidden: torch.Tensor, t: torch.Tensor, mul_out: int) -> dict:
-    h, d = hidden.shape[1], t.shape[2]
-    return dict(H=h, HP=max(16, triton.next_power_of_2(h)), W=mul_out, D=d, DP=triton.next_power_of_2(d),
-                BE=EDGE_TILE)
+def _dims(hidden: torch.Tensor, rows: torch.Tensor, mul_out: int, dim_out: int) -> dict:
+    h = hidden.shape[1]
+    return dict(S=rows.shape[0], H=h, HP=max(16, triton.next_power_of_2(h)), W=mul_out, D=dim_out,
+                DP=triton.next_power_of_2(dim_out), BE=EDGE_TILE)
 
 
-def forward(hidden, weight, bias, t, mul_out: int, out: torch.Tensor) -> None:
-    """out [E, W, 2lo+1] <- contraction of t [E, S, 2lo+1] with w = hidden @ weight^T + bias; `weight` [S W, H] and
-    `bias` in the compute dtype, `hidden` any float dtype (cast on load)."""
-    e, s = t.shape[0], t.shape[1]
-    assert hidden.stride(1) == 1 and t.stride(2) == 1 and weight.is_contiguous() and out.is_contiguous()
+def forward(hidden, weight, bias, proj, rows, mul_out: int, dim_out: int, out: torch.Tensor) -> None:
+    """out [E, W (2lo+1)] (a column range of the layer's output) <- contraction of T [E, S, 2lo+1] with
+    w = hidden @ weight^T + bias. T's row u is read from the projection buffer `proj` (group-major, flat) at the
+    place `rows[u]` (int32 [S, 3], see `_t_row`). `weight` [S W, H] and `bias` in the compute dtype, `hidden` any
+    float dtype (cast on load)."""
+    e = hidden.shape[0]
+    assert hidden.stride(1) == 1 and out.stride(1) == 1 and weight.is_contiguous() and proj.is_contiguous()
+    assert rows.is_contiguous() and rows.dtype == torch.int32 and out.shape[1] == mul_out * dim_out
     grid = (triton.cdiv(e, EDGE_TILE),)
-    _contract_fwd[grid](hidden, weight, bias, t, out, e, hidden.stride(0), t.stride(0), t.stride(1), S=s,
-                        PRECISION=_precision(weight.dtype), num_warps=NUM_WARPS, **_dims(hidden, t, mul_out))
+    _contract_fwd[grid](hidden, weight, bias, proj, rows, out, e, hidden.stride(0), out.stride(0),
+                        PRECISION=_precision(weight.dtype), num_warps=NUM_WARPS,
+                        **_dims(hidden, rows, mul_out, dim_out))
 
 
-def backward(hidden, weight, bias, t, grad_out, mul_out: int, grad_t, grad_w, grad_hidden, accumulate: bool) -> None:
-    """grad_t [E, S, 2lo+1] and grad_w [E, S W] (written), grad_hidden [E, H] fp32 (written or added to);
-    grad_out [E, W (2lo+1)] may be a column slice."""
-    e, s = t.shape[0], t.shape[1]
-    assert grad_out.stride(1) == 1 and grad_t.is_contiguous() and grad_w.is_contiguous()
-    assert grad_hidden.is_contiguous()
+def backward(hidden, weight, bias, proj, rows, mul_out: int, dim_out: int, grad_out, grad_proj, grad_w, grad_hidden,
+             e_first: int, n_edges: int, accumulate: bool) -> None:
+    """For the chunk of edges e_first ... e_first + len(hidden) of the n_edges of `proj`: dL/dT written into
+    `grad_proj` (same layout as `proj`) at T's places, grad_w [chunk, S W] written, grad_hidden [chunk, H] fp32
+    written or added to; grad_out [chunk, W (2lo+1)] may be a column range."""
+    e = hidden.shape[0]
+    assert grad_out.stride(1) == 1 and grad_proj.is_contiguous() and grad_proj.shape == proj.shape
+    assert grad_w.is_contiguous() and grad_hidden.is_contiguous() and proj.numel() % n_edges == 0
     grid = (triton.cdiv(e, EDGE_TILE),)
-    _contract_bwd[grid](hidden, weight, bias, t, grad_out, grad_t, grad_w, grad_hidden, e, hidden.stride(0),
-                        t.stride(0), t.stride(1), grad_out.stride(0), S=s, PRECISION=_precision(weight.dtype),
-                        ACCUMULATE=accumulate, num_warps=NUM_WARPS, **_dims(hidden, t, mul_out))
+    _contract_bwd[grid](hidden, weight, bias, proj, rows, grad_out, grad_proj, grad_w, grad_hidden, e, e_first,
+                        n_edges, hidden.stride(0), grad_out.stride(0), PRECISION=_precision(weight.dtype),
+                        ACCUMULATE=accumulate, num_warps=NUM_WARPS, **_dims(hidden, rows, mul_out, dim_out))

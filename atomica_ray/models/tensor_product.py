@@ -20,11 +20,30 @@ held whole (`EdgeWeightedContraction`); in bf16 on a GPU, Triton kernels make th
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from e3nn import o3
 from torch import nn
 
 from . import fused_contraction
+
+
+class KernelBlock(NamedTuple):
+    """An output irrep with paths, for the kernels: its Linear rows (S W), W, 2lo+1, its first column in the
+    output, and its rows [row0, row1) of `StackedTensorProduct.t_rows` (S = row1 - row0)."""
+    rows: int
+    mul: int
+    dim: int
+    column: int
+    row0: int
+    row1: int
+
+
+class KernelPlan(NamedTuple):
+    blocks: list[KernelBlock]
+    out_dim: int
+    zero_grad: bool  # some projected elements are read by no block: their gradient is zero
 
 
 class StackedTensorProduct(nn.Module):
@@ -78,28 +97,91 @@ class StackedTensorProduct(nn.Module):
         self.block_rows = [sum(self.in1[i1][0] for i1, _, _ in paths) * mul
                            for paths, (mul, _) in zip(self.paths, self.out_blocks)]
         self.weight_numel = tp.weight_numel
+        self._plan_projection_buffer(irreps_out)
+
+    def _plan_projection_buffer(self, irreps_out) -> None:
+        """Where the kernels' path (`FusedEdgeWeightedContraction`) finds T_o: no T_o is stored, its rows are read
+        from one flat buffer holding every group's projection [E, U_l1, Q_l1], group after group ("group-major",
+        so that each group's block is the matmul's contiguous result and its gradient a view). Row u of T_o
+        for edge e is at element start * E + e * U_l1 Q_l1 + (row of u in the group) Q_l1 + (column of (i2, lo)):
+        the buffer `t_rows` holds (start, U_l1 Q_l1, row * Q_l1 + column) per row of every T_o, blocks with paths
+        one after another ([sum over blocks S_o, 3], int32)."""
+        place = {}  # (input irrep, second input irrep, lo) -> (start, stride, first row's element in the edge's group)
+        used = {}  # per group start: how many blocks read each element of an edge's group [U_l1 Q_l1]
+        start = 0
+        for l1, columns in self.group_columns.items():
+            members = self.groups[l1]
+            q = sum(2 * lo + 1 for _, lo in columns)
+            u = sum(self.in1[i][0] for i in members)
+            row = 0
+            for i1 in members:
+                column = 0
+                for i2, lo in columns:
+                    place[(i1, i2, lo)] = (start, u * q, row * q + column)
+                    column += 2 * lo + 1
+                row += self.in1[i1][0]
+            used[start] = torch.zeros(u, q, dtype=torch.long)
+            start += u * q
+        self.proj_numel_per_edge = start
+        rows = []
+        for paths in self.paths:
+            for i1, i2, lo in paths:
+                p_start, stride, first = place[(i1, i2, lo)]
+                q = stride // used[p_start].shape[0]
+                for u in range(self.in1[i1][0]):
+                    rows.append((p_start, stride, first + u * q))
+                    used[p_start].view(-1)[first + u * q:first + u * q + 2 * lo + 1] += 1
+        counts = torch.cat([c.view(-1) for c in used.values()]) if used else torch.zeros(0, dtype=torch.long)
+        # Each (i1, i2, lo) feeds the one output irrep of degree lo and parity p1 p2, so the kernels write dL/dT
+        # into the gradient buffer rather than add to it. An irreps_out with a repeated irrep (two readers of one
+        # element) breaks that: such a tensor product keeps the concatenating path.
+        self.kernel_layout_ok = bool((counts <= 1).all())
+        self.register_buffer("t_rows", torch.tensor(rows, dtype=torch.int32).view(-1, 3), persistent=False)
+        blocks, column, row = [], 0, 0
+        for (mul, dim), paths, n_rows in zip(self.out_blocks, self.paths, self.block_rows):
+            if paths:
+                blocks.append(KernelBlock(n_rows, mul, dim, column, row, row + n_rows // mul))
+                row += n_rows // mul
+            column += mul * dim
+        # elements read by no block (a path missing for one member of a group) get a zero gradient
+        self.kernel_plan = KernelPlan(blocks, column, zero_grad=not bool((counts == 1).all()))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
         """TP(x, y) with per-edge weights `linear(hidden)`.
 
-        x [E, irreps_in1.dim], y [E, irreps_in2.dim], hidden [E, linear.in_features] -> [E, irreps_out.dim].
-        Slices are taken with `split` (whose backward concatenates) rather than indexing (whose backward writes
-        into zero tensors of the full size)."""
-        e = x.shape[0]
-        x_parts = x.split([mul * (2 * l1 + 1) for mul, l1 in self.in1], dim=1)
-        pieces = {}  # (input irrep, second input irrep, lo) -> [E, U, 2lo+1]
-        for l1, columns in self.group_columns.items():
-            members = self.groups[l1]
-            xs = [x_parts[i].reshape(e, self.in1[i][0], 2 * l1 + 1) for i in members]
-            xg = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)  # [E, U_l1, 2l1+1]
-            outer = (xg.unsqueeze(-1) * y[:, None, None, :]).reshape(e, xg.shape[1], -1)  # [E, U_l1, (2l1+1) D2]
-            projected = outer @ getattr(self, f"cg_{l1}")  # [E, U_l1, Q]
-            for (i2, lo), part in zip(columns, projected.split([2 * lo + 1 for _, lo in columns], dim=2)):
-                for i1, piece in zip(members, part.split([self.in1[i][0] for i in members], dim=1)):
-                    pieces[(i1, i2, lo)] = piece
-
+        x [E, irreps_in1.dim], y [E, irreps_in2.dim], hidden [E, linear.in_features] -> [E, irreps_out.dim]."""
+        projected = self._project(x, y)  # per l1 group [E, U_l1, Q_l1]
         w_all = linear.weight.index_select(0, self.weight_perm) * self.weight_scale.unsqueeze(1)  # [numel, H]
         b_all = linear.bias.index_select(0, self.weight_perm) * self.weight_scale  # [numel]
+        if self._kernels_apply(hidden):
+            flat = [p.reshape(-1) for p in projected]
+            proj = flat[0] if len(flat) == 1 else torch.cat(flat)  # [E * sum over groups U_l1 Q_l1], group-major
+            return FusedEdgeWeightedContraction.apply(hidden, w_all, b_all, proj, self.t_rows, self.kernel_plan)
+        return self._contract_stacked(projected, hidden, w_all, b_all)
+
+    def _project(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """T of every path, as one [E, U_l1, Q_l1] tensor per input degree l1: the outer product of the group's
+        inputs with y times the stacked C(l1 . .). Slices are taken with `split` (whose backward concatenates)
+        rather than indexing (whose backward writes into zero tensors of the full size)."""
+        e = x.shape[0]
+        x_parts = x.split([mul * (2 * l1 + 1) for mul, l1 in self.in1], dim=1)
+        projected = []
+        for l1 in self.group_columns:
+            xs = [x_parts[i].reshape(e, self.in1[i][0], 2 * l1 + 1) for i in self.groups[l1]]
+            xg = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)  # [E, U_l1, 2l1+1]
+            outer = (xg.unsqueeze(-1) * y[:, None, None, :]).reshape(e, xg.shape[1], -1)  # [E, U_l1, (2l1+1) D2]
+            projected.append(outer @ getattr(self, f"cg_{l1}"))  # [E, U_l1, Q_l1]
+        return projected
+
+    def _contract_stacked(self, projected, hidden, w_all, b_all) -> torch.Tensor:
+        """cuBLAS / CPU path: each T_o [E, sum U, 2lo+1] concatenated from the projections, then contracted."""
+        e = hidden.shape[0]
+        pieces = {}  # (input irrep, second input irrep, lo) -> [E, U, 2lo+1]
+        for (l1, columns), part_l1 in zip(self.group_columns.items(), projected):
+            members = self.groups[l1]
+            for (i2, lo), part in zip(columns, part_l1.split([2 * lo + 1 for _, lo in columns], dim=2)):
+                for i1, piece in zip(members, part.split([self.in1[i][0] for i in members], dim=1)):
+                    pieces[(i1, i2, lo)] = piece
         ts, blocks = [], []
         for (mul_out, _), paths, rows in zip(self.out_blocks, self.paths, self.block_rows):
             if paths:
@@ -114,6 +196,11 @@ class StackedTensorProduct(nn.Module):
             parts.append(next(it) if paths else out.new_zeros(e, mul_out * dim_out))
         return torch.cat(parts, dim=1)
 
+    def _kernels_apply(self, hidden: torch.Tensor) -> bool:
+        # Measured on an H100 (benchmarks/RESULTS.md): the kernels win in bf16, but lose to cuBLAS in TF32 and fp32
+        return (USE_FUSED and hidden.dtype in FUSED_DTYPES and self.kernel_layout_ok and any(self.paths)
+                and all(fused_contraction.usable(hidden, mul) for (mul, _), p in zip(self.out_blocks, self.paths) if p))
+
 
 # Elements of per-edge weights (or their gradients) held at once, per output irrep and chunk of edges: 2**26 =
 # 256 MiB in fp32.
@@ -127,15 +214,14 @@ FUSED_GRAD_CHUNK_ELEMENTS = 1 << 28
 
 class EdgeWeightedContraction(torch.autograd.Function):
     """out_o[e] = w_o[e]^T @ t_o[e] for each output irrep o, where the per-edge weights
-    w[e] = hidden[e] @ weight^T + bias are made chunk by chunk of edges and made again in backward.
+    w[e] = hidden[e] @ weight^T + bias are made chunk by chunk of edges and made again in backward (cuBLAS / CPU).
 
     The per-edge weights of the released configuration are [E, 11264] per layer (about 3.8 GB in fp32 on a
     1000-block batch): holding them for backward is what made ATOMICA's step need 24 GiB. Here at most
     `WEIGHT_CHUNK_ELEMENTS` of them exist at a time; the price is one more [E, H] x [H, numel] matmul.
 
     Under autocast (bf16 / fp16) the weight matmul and the contraction run in that dtype with fp32 outputs and
-    fp32-accumulated parameter gradients; on a GPU, output blocks of >= 16 channels then go to the Triton kernels of
-    fused_contraction.py, which never store w and store dL/dw once (chunks of FUSED_GRAD_CHUNK_ELEMENTS).
+    fp32-accumulated parameter gradients.
 
     hidden [E, H], weight [numel, H], bias [numel] in stacked order (output irrep o owns `rows_o = sum U * W`
     consecutive rows, (u, w) row-major), blocks = [(rows_o, W_o)], ts = [t_o [E, sum U, 2lo+1]].
@@ -143,27 +229,18 @@ class EdgeWeightedContraction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, blocks, *ts):
-        device_type = hidden.device.type
-        autocast = torch.is_autocast_enabled(device_type)
-        dtype = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
-        out_dtype = torch.float32 if autocast else hidden.dtype
+        dtype, out_dtype = _compute_dtypes(hidden)
         ctx.blocks, ctx.compute_dtype = blocks, dtype
         ctx.save_for_backward(hidden, weight, bias, *ts)
-        with torch.autocast(device_type, enabled=False):
+        with torch.autocast(hidden.device.type, enabled=False):
             e = hidden.shape[0]
             outs = [t.new_empty((e, w_o, t.shape[2]), dtype=out_dtype) for (_, w_o), t in zip(blocks, ts)]
-            fused = [_fused(hidden, w_o) for _, w_o in blocks]
-            weight_parts, bias_parts = _in_dtype(weight, bias, blocks, dtype)
-            for (_, w_o), wt, bs, t, out, f in zip(blocks, weight_parts, bias_parts, ts, outs, fused):
-                if f:
-                    fused_contraction.forward(hidden, wt, bs, t, w_o, out)  # [E, W, 2lo+1], w never stored
-            if not all(fused):
-                for e0, e1 in _chunks(hidden, blocks):
-                    h = hidden[e0:e1].to(dtype)
-                    for (rows, w_o), wt, bs, t, out, f in zip(blocks, weight_parts, bias_parts, ts, outs, fused):
-                        if not f:
-                            w = torch.addmm(bs, h, wt.t()).view(e1 - e0, rows // w_o, w_o)  # [c, sum U, W]
-                            out[e0:e1] = torch.bmm(w.transpose(1, 2), t[e0:e1].to(dtype))
+            weight_parts, bias_parts = _in_dtype(weight, bias, [r for r, _ in blocks], dtype)
+            for e0, e1 in _chunks(hidden, blocks):
+                h = hidden[e0:e1].to(dtype)
+                for (rows, w_o), wt, bs, t, out in zip(blocks, weight_parts, bias_parts, ts, outs):
+                    w = torch.addmm(bs, h, wt.t()).view(e1 - e0, rows // w_o, w_o)  # [c, sum U, W]
+                    out[e0:e1] = torch.bmm(w.transpose(1, 2), t[e0:e1].to(dtype))
             return torch.cat([out.view(e, -1) for out in outs], dim=1)
 
     @staticmethod
@@ -176,30 +253,21 @@ class EdgeWeightedContraction(torch.autograd.Function):
             grad_outs = grad_out.split([w_o * t.shape[2] for (_, w_o), t in zip(blocks, ts)], dim=1)
             grad_hidden = torch.zeros_like(hidden, dtype=acc)  # [E, H]
             grad_ts = [torch.empty_like(t, dtype=dtype) for t in ts]
-            weight_parts, bias_parts = _in_dtype(weight, bias, blocks, dtype)
-            # [hidden, 1, 0 ...]: dL/dw^T @ h_ones gives the Linear's weight and bias gradients in one matmul
-            h_ones = torch.cat((hidden.to(dtype), hidden.new_ones(e, 1, dtype=dtype),
-                                hidden.new_zeros(e, 7, dtype=dtype)), dim=1)  # [E, H + 8]
+            weight_parts, bias_parts = _in_dtype(weight, bias, [r for r, _ in blocks], dtype)
+            h_ones = _with_ones(hidden, dtype)  # [E, H + 8]
             grad_weight_bias = []  # per block [rows, H + 8]
             for (rows, w_o), wt, bs, t, g, gt in zip(blocks, weight_parts, bias_parts, ts, grad_outs, grad_ts):
-                fused = _fused(hidden, w_o)
-                # the kernels store only dL/dw (no w), so they take larger chunks of edges: usually all of them
-                step = max(1, (FUSED_GRAD_CHUNK_ELEMENTS if fused else WEIGHT_CHUNK_ELEMENTS) // rows)
+                step = max(1, WEIGHT_CHUNK_ELEMENTS // rows)
                 total = None
                 for e0 in range(0, e, step):
                     e1 = min(e, e0 + step)
                     c = e1 - e0
-                    if fused:
-                        gw = torch.empty((c, rows), dtype=dtype, device=hidden.device)  # d w  [c, rows]
-                        fused_contraction.backward(hidden[e0:e1], wt, bs, t[e0:e1], g[e0:e1], w_o, gt[e0:e1], gw,
-                                                   grad_hidden[e0:e1], accumulate=True)
-                    else:
-                        h = h_ones[e0:e1, :n_hidden]
-                        w = torch.addmm(bs, h, wt.t()).view(c, rows // w_o, w_o)  # [c, sum U, W], made again
-                        gc = g[e0:e1].reshape(c, w_o, -1).to(dtype)  # [c, W, 2lo+1]
-                        torch.bmm(w, gc, out=gt[e0:e1])  # d t
-                        gw = torch.bmm(t[e0:e1].to(dtype), gc.transpose(1, 2)).view(c, rows)  # d w  [c, rows]
-                        grad_hidden[e0:e1] += gw @ wt
+                    h = h_ones[e0:e1, :n_hidden]
+                    w = torch.addmm(bs, h, wt.t()).view(c, rows // w_o, w_o)  # [c, sum U, W], made again
+                    gc = g[e0:e1].reshape(c, w_o, -1).to(dtype)  # [c, W, 2lo+1]
+                    torch.bmm(w, gc, out=gt[e0:e1])  # d t
+                    gw = torch.bmm(t[e0:e1].to(dtype), gc.transpose(1, 2)).view(c, rows)  # d w  [c, rows]
+                    grad_hidden[e0:e1] += gw @ wt
                     part = gw.t() @ h_ones[e0:e1]  # [rows, H + 8]
                     total = part if total is None else total.to(acc).add_(part)
                 grad_weight_bias.append(total)
@@ -208,15 +276,80 @@ class EdgeWeightedContraction(torch.autograd.Function):
                 grad_weight_bias[:, n_hidden].to(bias.dtype), None, *(gt.to(t.dtype) for gt, t in zip(grad_ts, ts)))
 
 
-def _fused(hidden: torch.Tensor, mul_out: int) -> bool:
-    # Measured on an H100 (benchmarks/RESULTS.md): the kernels win in bf16, but lose to cuBLAS in TF32 and fp32
-    return USE_FUSED and hidden.dtype in FUSED_DTYPES and fused_contraction.usable(hidden, mul_out)
+class FusedEdgeWeightedContraction(torch.autograd.Function):
+    """`EdgeWeightedContraction` by the Triton kernels of fused_contraction.py (GPU, bf16 / fp16 in training):
+    w is never stored, dL/dw is stored once (chunks of FUSED_GRAD_CHUNK_ELEMENTS, usually the whole batch). No
+    t_o is made either: the kernels read T_o's rows from the projection buffer `proj` (group-major, see
+    `StackedTensorProduct._plan_projection_buffer`) where `t_rows` says, write each block into its columns of the
+    output, and dL/dT into the same places of one gradient buffer.
+
+    hidden [E, H], weight [numel, H], bias [numel] in stacked order, proj [E * P] -> [E, irreps_out.dim].
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, proj, t_rows, plan: KernelPlan):
+        dtype, out_dtype = _compute_dtypes(hidden)
+        ctx.plan, ctx.compute_dtype = plan, dtype
+        ctx.save_for_backward(hidden, weight, bias, proj, t_rows)
+        with torch.autocast(hidden.device.type, enabled=False):
+            e = hidden.shape[0]
+            make = torch.empty if plan.out_dim == sum(b.mul * b.dim for b in plan.blocks) else torch.zeros
+            out = make((e, plan.out_dim), dtype=out_dtype, device=hidden.device)  # blocks without paths stay 0
+            weight_parts, bias_parts = _in_dtype(weight, bias, [b.rows for b in plan.blocks], dtype)
+            for b, wt, bs in zip(plan.blocks, weight_parts, bias_parts):
+                fused_contraction.forward(hidden, wt, bs, proj, t_rows[b.row0:b.row1], b.mul, b.dim,
+                                          out[:, b.column:b.column + b.mul * b.dim])
+            return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, proj, t_rows = ctx.saved_tensors
+        plan, dtype = ctx.plan, ctx.compute_dtype
+        acc = torch.promote_types(dtype, torch.float32)
+        e, n_hidden = hidden.shape
+        with torch.autocast(hidden.device.type, enabled=False):
+            if grad_out.stride(1) != 1:
+                grad_out = grad_out.contiguous()
+            grad_hidden = torch.empty_like(hidden, dtype=acc)  # [E, H], written by the first block
+            grad_proj = (torch.zeros_like if plan.zero_grad else torch.empty_like)(proj)
+            weight_parts, bias_parts = _in_dtype(weight, bias, [b.rows for b in plan.blocks], dtype)
+            h_ones = _with_ones(hidden, dtype)  # [E, H + 8]
+            grad_weight_bias = []  # per block [rows, H + 8]
+            for i, (b, wt, bs) in enumerate(zip(plan.blocks, weight_parts, bias_parts)):
+                step = max(1, FUSED_GRAD_CHUNK_ELEMENTS // b.rows)
+                total = None
+                for e0 in range(0, e, step):
+                    e1 = min(e, e0 + step)
+                    gw = torch.empty((e1 - e0, b.rows), dtype=dtype, device=hidden.device)  # d w  [c, rows]
+                    fused_contraction.backward(hidden[e0:e1], wt, bs, proj, t_rows[b.row0:b.row1], b.mul, b.dim,
+                                               grad_out[e0:e1, b.column:b.column + b.mul * b.dim], grad_proj, gw,
+                                               grad_hidden[e0:e1], e0, e, accumulate=i > 0)
+                    part = gw.t() @ h_ones[e0:e1]  # [rows, H + 8]
+                    total = part if total is None else total.to(acc).add_(part)
+                grad_weight_bias.append(total)
+            grad_weight_bias = torch.cat(grad_weight_bias)  # [numel, H + 8]
+        return (grad_hidden.to(hidden.dtype), grad_weight_bias[:, :n_hidden].to(weight.dtype),
+                grad_weight_bias[:, n_hidden].to(bias.dtype), grad_proj, None, None)
 
 
-def _in_dtype(weight, bias, blocks, dtype):
+def _compute_dtypes(hidden: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(dtype of the matmuls, dtype of the output): the autocast dtype and fp32 under autocast, else hidden's."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type), torch.float32
+    return hidden.dtype, hidden.dtype
+
+
+def _in_dtype(weight, bias, rows, dtype):
     """The weight rows and biases of each output block, contiguous, in the compute dtype."""
-    rows = [r for r, _ in blocks]
     return weight.to(dtype).split(rows), bias.to(dtype).split(rows)
+
+
+def _with_ones(hidden, dtype):
+    """[hidden, 1, 0 ...] [E, H + 8]: dL/dw^T @ it gives the Linear's weight and bias gradients in one matmul."""
+    e = hidden.shape[0]
+    return torch.cat((hidden.to(dtype), hidden.new_ones(e, 1, dtype=dtype), hidden.new_zeros(e, 7, dtype=dtype)),
+                     dim=1)
 
 
 def _chunks(hidden, blocks):
