@@ -21,6 +21,7 @@ import torch
 
 from atomica_ray.models import ClassifierModel, DenoisePretrainModel
 from atomica_ray.models import fused_contraction, tensor_product
+from atomica_ray.models.cuda_graphs import enable_cuda_graphs
 from atomica_ray.models.equivariant import TensorProductConv
 
 RELEASED = dict(atom_hidden_size=32, block_hidden_size=32, edge_size=32, k_neighbors=8, n_layers=4, dropout=0.0,
@@ -60,6 +61,9 @@ def main() -> None:
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off in ATOMICA's reference)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as `precision: bf16` trains")
     parser.add_argument("--compile", action="store_true", help="torch.compile(model, dynamic=True)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the encoder stacks from CUDA graphs (`cuda_graphs: true`); warm up over every "
+                             "batch once (--warmup 8) so that each size bucket is captured before timing")
     parser.add_argument("--no-fused", action="store_true", help="cuBLAS contraction instead of the Triton kernels")
     parser.add_argument("--edge-tile", type=int, default=None, help="edges per Triton program")
     parser.add_argument("--warps", type=int, default=None, help="warps per Triton program")
@@ -83,6 +87,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build(name).to(device).train()
+    if args.cuda_graphs:
+        enable_cuda_graphs(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     forward = torch.compile(model, dynamic=True) if args.compile else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
@@ -97,9 +103,11 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
+    t0 = time.perf_counter()
     for i in range(args.warmup):
         step(batches[i % len(batches)])
     sync()
+    warmup_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times, host, blocks, atoms = [], [], 0, 0
@@ -117,6 +125,7 @@ def main() -> None:
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"{name} impl={args.impl} tf32={args.tf32} bf16={args.bf16} compile={args.compile} "
+          f"cuda_graphs={args.cuda_graphs} warm-up {args.warmup} steps {warmup_s:.1f} s "
           f"chunk={tensor_product.WEIGHT_CHUNK_ELEMENTS} fused={tensor_product.USE_FUSED} "
           f"tile={fused_contraction.EDGE_TILE}x{fused_contraction.NUM_WARPS}w device={gpu}")
     print(f"median step {1000 * statistics.median(times):.1f} ms  (min {1000 * min(times):.1f}, "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from e3nn import o3
 from torch import nn
 
+from .cuda_graphs import GraphedStack
 from .equivariant import TensorProductConv, distance_embedder, spherical_harmonics
 from .scatter import scatter_mean
 
@@ -163,8 +164,25 @@ class ATOMICAEncoder(nn.Module):
             max_torsion_edge_length=max_torsion_edge_length,
         )
 
+        self.cuda_graphs = None  # a GraphedStack once `use_cuda_graphs(True)`
+
+    def use_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replay the layer stack from CUDA graphs when training on a GPU (models/cuda_graphs.py)."""
+        m = self.encoder
+        params = [p for part in (m.edge_embedder, m.layers, m.out_ffn) for p in part.parameters() if p.requires_grad]
+        # outputs of _stack: representation, irreps features, node embeddings (per node); sh, lengths (per edge)
+        self.cuda_graphs = GraphedStack(self._stack, params, (True, True, True, False, False)) if enabled else None
+
+    def _stack(self, h, pos, edges, edge_type_attr):
+        node_attr, node_embeddings, (edge_sh, edge_length) = self.encoder(h, pos, edges, edge_type_attr)
+        repr_ = F.normalize(self.encoder.out_ffn(node_embeddings), dim=-1)
+        return repr_, node_attr, node_embeddings, edge_sh, edge_length
+
     def forward(self, h, pos, edges, edge_type_attr):
         """Returns (normalised representation [N, hidden], irreps features, node embeddings, edge geometry)."""
-        node_attr, node_embeddings, geometry = self.encoder(h, pos, edges, edge_type_attr)
-        repr_ = F.normalize(self.encoder.out_ffn(node_embeddings), dim=-1)
-        return repr_, node_attr, node_embeddings, geometry
+        if self.cuda_graphs is not None and self.training and GraphedStack.usable(h):
+            outs = self.cuda_graphs(h, pos, edges, edge_type_attr)
+        else:
+            outs = self._stack(h, pos, edges, edge_type_attr)
+        repr_, node_attr, node_embeddings, edge_sh, edge_length = outs
+        return repr_, node_attr, node_embeddings, (edge_sh, edge_length)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atomica_ray.models.cuda_graphs import enable_cuda_graphs
 from atomica_ray.tasks import get_task
 from atomica_ray.tasks.spec import Task, encoder_kwargs
 from atomica_ray.train import dist
@@ -148,6 +149,8 @@ class WorkerRun:
 
         seed_all(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, self.task).to(self.device)
+        if cfg.cuda_graphs and self.device.type == "cuda":
+            enable_cuda_graphs(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, cfg, self.task.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16" and
