@@ -1,8 +1,11 @@
 """The Triton contraction (models/fused_contraction.py) computes the cuBLAS path's function, forward and backward.
 
 Run in Triton's interpreter (CPU, numpy), in a subprocess because the interpreter is chosen when the kernels are
-defined. fp32 only: the interpreter's bf16 dot is not faithful. On the GPU, benchmarks/check_fused.py checks every
-tensor product of the released model in fp32, TF32 and bf16 (figures in benchmarks/RESULTS.md).
+defined. fp32 only: the interpreter's bf16 dot is not faithful. Covered: the tensor product of every layer kind of
+the released model (irreps_sequence(32, 16), spherical harmonics up to l = 2), whose T_o the kernels read through
+the row table of the group-major projection buffer, plus two small ones: one with projected elements that no
+output reads (their gradient must be zero) and an output irrep without paths (it must stay zero). On the GPU,
+benchmarks/check_fused.py checks every tensor product of the released model in fp32, TF32 and bf16.
 """
 
 import os
@@ -15,41 +18,59 @@ pytest.importorskip("triton")
 
 SCRIPT = r"""
 import torch
-from atomica_ray.models import fused_contraction, tensor_product
+from atomica_ray.models import tensor_product
 from atomica_ray.models.equivariant import TensorProductConv
+from atomica_ray.models.interaction import irreps_sequence
 
 tensor_product.FUSED_DTYPES = (torch.float32,)  # production uses the kernels in bf16 only
 tensor_product.WEIGHT_CHUNK_ELEMENTS = 2000  # several chunks of edges in backward, on both paths
-tensor_product.FUSED_GRAD_CHUNK_ELEMENTS = 2000
+tensor_product.FUSED_GRAD_CHUNK_ELEMENTS = 60000  # released blocks have up to 160 x 32 rows: 1 to 3 chunks
 torch.manual_seed(0)
-worst, used = 0.0, 0
-for irreps_in, irreps_out, hidden in [("16x0e + 16x1o", "16x0e + 16x1o + 16x2e", 40),
-                                      ("8x0e + 4x1o + 4x2e", "16x0o + 16x0e + 2x1o", 24)]:
-    conv = TensorProductConv(irreps_in, "1x0e + 1x1o + 1x2e", irreps_out, hidden, hidden)
+seq = irreps_sequence(32, 16)
+cases = [(seq[0], seq[1]), (seq[1], seq[2]), (seq[2], seq[3]), (seq[3], seq[3]),
+         ("16x0e + 16x1o + 16x1e", "16x0e + 16x1o"),  # 1e x 1o -> 0o and 1e x 2e -> 1e have no output
+         ("16x0e", "16x0e + 16x1e")]  # no path into 1e
+for irreps_in, irreps_out in cases:
+    conv = TensorProductConv(irreps_in, "1x0e + 1x1o + 1x2e", irreps_out, 24, 24)
+    stp = conv.stacked_tp
     e = 45  # not a multiple of the edge tile
     x = torch.randn(e, conv.tp.irreps_in1.dim, requires_grad=True)
-    y = torch.randn(e, 9)
-    h = torch.randn(e, hidden, requires_grad=True)
+    y = torch.randn(e, 9, requires_grad=True)
+    h = torch.randn(e, 24, requires_grad=True)
     g = torch.randn(e, conv.tp.irreps_out.dim)
-    results = []
+    results, kernels = [], []
     for fused in (False, True):
         tensor_product.USE_FUSED = fused
-        out = conv.stacked_tp(x, y, conv.fc[2](conv.fc[1](conv.fc[0](h))), conv.fc[3])
-        grads = torch.autograd.grad(out, [x, h, conv.fc[3].weight, conv.fc[3].bias, conv.fc[0].weight], g)
+        hidden = conv.fc[2](conv.fc[1](conv.fc[0](h)))
+        kernels.append(stp._kernels_apply(hidden))
+        out = stp(x, y, hidden, conv.fc[3])
+        grads = torch.autograd.grad(out, [x, y, h, conv.fc[3].weight, conv.fc[3].bias, conv.fc[0].weight], g)
         results.append([out, *grads])
-    for a, b in zip(*results):
-        assert torch.isfinite(b).all()
-        worst = max(worst, ((a - b).norm() / a.norm()).item())
-    used += sum(fused_contraction.usable(h, mul) for mul, _ in conv.stacked_tp.out_blocks)
-print("WORST", worst, "USED", used)
+    rel = [((a - b).norm() / a.norm().clamp(min=1e-30)).item() for a, b in zip(*results)]
+    assert all(torch.isfinite(b).all() for b in results[1])
+    print("CASE", irreps_out.replace(" ", ""), int(kernels[0]), int(kernels[1]), int(stp.kernel_plan.zero_grad),
+          max(rel), float(results[1][0].abs().max()))
 """
 
 
-def test_triton_contraction_equals_cublas_path_in_the_interpreter():
+@pytest.fixture(scope="module")
+def cases():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    line = [ln for ln in done.stdout.splitlines() if ln.startswith("WORST")][-1].split()
-    worst, used = float(line[1]), int(line[3])
-    assert used >= 4, "the kernels were not used for the 16-channel output blocks"
-    assert worst < 1e-5, worst
+    rows = [ln.split()[1:] for ln in done.stdout.splitlines() if ln.startswith("CASE")]
+    assert len(rows) == 6, done.stdout
+    return [(name, int(off), int(on), int(zero), float(worst), float(peak)) for name, off, on, zero, worst, peak in rows]
+
+
+def test_triton_contraction_equals_cublas_path_in_the_interpreter(cases):
+    for name, off, on, _, worst, peak in cases:
+        assert (off, on) == (0, 1), f"{name}: the kernels must run only when USE_FUSED"
+        assert peak > 0, name
+        assert worst < 1e-5, (name, worst)  # output and the gradients of x, y, hidden, both Linears
+
+
+def test_unread_projections_get_zero_gradient_and_pathless_blocks_stay_zero(cases):
+    zero_grad = {name: zero for name, _, _, zero, _, _ in cases}
+    assert zero_grad["16x0e+16x1o"] == 1  # the case exists: the kernels' buffer has elements no block reads
+    assert not any(zero for name, zero in zero_grad.items() if "32x0e" in name)  # released layers read all
