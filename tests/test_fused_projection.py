@@ -2,7 +2,8 @@
 (outer product of the group's inputs with y, times the stacked Wigner 3j symbols), forward and backward.
 
 Run in Triton's interpreter (CPU, numpy), in a subprocess because the interpreter is chosen when the kernels are
-defined. fp32 only: the interpreter's bf16 dot is not faithful.
+defined. fp32 only: the interpreter's bf16 dot is not faithful. The interpreter accepts code the GPU compiler
+rejects (e.g. a tl.dot dimension below 16), so the kernels are also compiled for an H100 (sm_90, no GPU needed).
 """
 
 import os
@@ -80,3 +81,46 @@ def test_triton_projection_equals_torch_projection_in_the_interpreter():
     worst, groups = float(line[1]), int(line[3])
     assert groups == 1 + 3 + 3 + 3 + 1, groups  # every group of every case ran through the kernels
     assert worst < 1e-5, worst
+
+
+COMPILE = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import torch
+from atomica_ray.models import fused_projection as fp
+from atomica_ray.models.equivariant import TensorProductConv
+from atomica_ray.models.interaction import irreps_sequence
+
+seq = irreps_sequence(32, 16)
+target, n = GPUTarget("cuda", 90, 32), 0
+for irreps_in, irreps_out in [(seq[3], seq[3]), ("8x0e + 2x3e", "8x0e + 2x3e")]:
+    plan = fp.projection_plan(TensorProductConv(irreps_in, "1x0e + 1x1o + 1x2e", irreps_out, 16, 16).stacked_tp)
+    for dtype, p in [(torch.bfloat16, "*bf16"), (torch.float32, "*fp32")]:
+        for g in plan.groups:
+            dims = fp._dims(g, 9, dtype)
+            fwd = dict(x_ptr=p, y_ptr="*fp32", cols_ptr="*i32", cg_ptr="*fp32", out_ptr=p, E="i32", stride_xe="i32",
+                       stride_ye="i32", stride_oe="i32")
+            triton.compile(ASTSource(fp._project_fwd, {**fwd, **{k: "constexpr" for k in dims}}, constexprs=dims),
+                           target=target, options=dict(num_warps=fp.NUM_WARPS))
+            for flags in [dict(GRAD_X=True, GRAD_Y=True), dict(GRAD_X=True, GRAD_Y=False)]:
+                c = {**dims, **flags}
+                bwd = dict(x_ptr=p, y_ptr="*fp32", cols_ptr="*i32", cg_ptr="*fp32", g_ptr=p, gx_ptr=p, gy_ptr="*fp32",
+                           E="i32", stride_xe="i32", stride_ye="i32", stride_ge="i32", stride_gxe="i32")
+                triton.compile(ASTSource(fp._project_bwd, {**bwd, **{k: "constexpr" for k in c}}, constexprs=c),
+                               target=target, options=dict(num_warps=fp.NUM_WARPS_BWD))
+            n += 3
+print("COMPILED", n)
+"""
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("Triton without its bundled ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from another run's cache
+    done = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "COMPILED 30" in done.stdout, done.stdout  # 5 groups, 2 dtypes, 3 kernel variants
