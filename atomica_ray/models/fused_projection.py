@@ -97,7 +97,8 @@ if triton is not None:
                      JP: tl.constexpr, QP: tl.constexpr, BE: tl.constexpr, DTYPE: tl.constexpr,
                      PRECISION: tl.constexpr, GRAD_X: tl.constexpr, GRAD_Y: tl.constexpr):
         """With h[e, u, i, j] = sum_q cg[i J + j, q] g[e, u Q + q] (dL/d outer):
-        gx[e, cols[u] + i] = sum_j y[e, j] h[e, u, i, j]  (written), gy[e, j] += sum_ui x[e, cols[u] + i] h[e, u, i, j]."""
+        gx[e, cols[u] + i] = sum_j y[e, j] h[e, u, i, j]              (written)
+        gy[e, j] += sum_ui x[e, cols[u] + i] h[e, u, i, j]             (added)."""
         e_ok, e64, i, q, y, cg = _group_tiles(y_ptr, cg_ptr, E, stride_ye, I, J, Q, IP, JP, QP, BE, DTYPE)
         cg_t = tl.trans(cg)  # [QP, IP JP]
         x_ok = e_ok[:, None] & (i < I)[None, :]
@@ -180,9 +181,9 @@ def projection_plan(stacked_tp) -> ProjectionPlan:
 
 def _dims(g: ProjectionGroup, j: int, dtype: torch.dtype) -> dict:
     # tl.dot needs every dimension >= 16: J and Q are padded to at least 16 (IP JP >= 16 then)
-    return dict(U=g.rows, I=g.dim, J=j, Q=g.width, IP=triton.next_power_of_2(g.dim), JP=max(16, triton.next_power_of_2(j)),
-                QP=max(16, triton.next_power_of_2(g.width)), BE=EDGE_TILE, DTYPE=_TL_DTYPES[dtype],
-                PRECISION=_precision(dtype))
+    return dict(U=g.rows, I=g.dim, J=j, Q=g.width, IP=triton.next_power_of_2(g.dim),
+                JP=max(16, triton.next_power_of_2(j)), QP=max(16, triton.next_power_of_2(g.width)), BE=EDGE_TILE,
+                DTYPE=_TL_DTYPES[dtype], PRECISION=_precision(dtype))
 
 
 def forward(x, y, cols, cg, g: ProjectionGroup, out: torch.Tensor, dtype: torch.dtype) -> None:
