@@ -24,7 +24,7 @@ from atomica_ray.models.interaction import irreps_sequence
 
 tensor_product.FUSED_DTYPES = (torch.float32,)  # production uses the kernels in bf16 only
 tensor_product.WEIGHT_CHUNK_ELEMENTS = 2000  # several chunks of edges in backward, on both paths
-tensor_product.FUSED_GRAD_CHUNK_ELEMENTS = 60000  # released blocks have up to 160 x 32 rows: 1 to 3 chunks
+tensor_product.FUSED_GRAD_CHUNK_ELEMENTS = 250000  # dL/dw of released layers: up to 11264 per edge, 1 to 3 chunks
 torch.manual_seed(0)
 seq = irreps_sequence(32, 16)
 cases = [(seq[0], seq[1]), (seq[1], seq[2]), (seq[2], seq[3]), (seq[3], seq[3]),

@@ -57,24 +57,29 @@ if triton is not None:
         return e, e_ok, k, k_ok, hid.to(w_ptr.dtype.element_ty)  # hid [BE, HP]
 
     @triton.jit
-    def _weight_row(hid, w_ptr, b_ptr, u, v, k, k_ok, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr):
-        """The Linear's rows of input row u ([HP, W], transposed) and the edges' weights w[e, u, :] ([BE, W])."""
-        wu = tl.load(w_ptr + (u * W + v)[None, :] * H + k[:, None], mask=k_ok[:, None], other=0.0)
-        bu = tl.load(b_ptr + u * W + v).to(tl.float32)
-        return wu, tl.dot(hid, wu, input_precision=PRECISION) + bu[None, :]
+    def _weight_row(hid, w_ptr, b_ptr, rows_ptr, scale_ptr, u, v, k, k_ok, H: tl.constexpr,
+                    PRECISION: tl.constexpr):
+        """The Linear's rows r .. r + W of T's row u ([HP, W], transposed; r from the row table), the path's a_p
+        and the edges' weights w[e, u, :] = a_p (hid[e] @ rows^T + bias) ([BE, W])."""
+        r = tl.load(rows_ptr + 4 * u + 3)
+        scale = tl.load(scale_ptr + u)
+        wu = tl.load(w_ptr + (r + v)[None, :] * H + k[:, None], mask=k_ok[:, None], other=0.0)
+        bu = tl.load(b_ptr + r + v).to(tl.float32)
+        return wu, r, scale, (tl.dot(hid, wu, input_precision=PRECISION) + bu[None, :]) * scale
 
     @triton.jit
     def _t_row(rows_ptr, u, e, n_edges):
         """Where row u of the block's T starts for edges e ([BE], indices into the projection buffer's n_edges).
         T is not stored: its rows lie in the group-major projection buffer, where row u of edge e starts at element
-        start[u] * n_edges + e * stride[u] + column[u] (rows_ptr: int32 [S, 3] = (start, stride, column))."""
-        start = tl.load(rows_ptr + 3 * u).to(tl.int64)
-        stride = tl.load(rows_ptr + 3 * u + 1).to(tl.int64)
-        column = tl.load(rows_ptr + 3 * u + 2)
+        start[u] * n_edges + e * stride[u] + column[u] (rows_ptr: int32 [S, 4] = (start, stride, column, Linear
+        row))."""
+        start = tl.load(rows_ptr + 4 * u).to(tl.int64)
+        stride = tl.load(rows_ptr + 4 * u + 1).to(tl.int64)
+        column = tl.load(rows_ptr + 4 * u + 2)
         return (start * n_edges + column) + e.to(tl.int64) * stride  # [BE] int64
 
     @triton.jit
-    def _contract_fwd(h_ptr, w_ptr, b_ptr, t_ptr, rows_ptr, out_ptr, E, stride_he, stride_oe, S: tl.constexpr,
+    def _contract_fwd(h_ptr, w_ptr, b_ptr, t_ptr, rows_ptr, scale_ptr, out_ptr, E, stride_he, stride_oe, S: tl.constexpr,
                       H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
                       BE: tl.constexpr, PRECISION: tl.constexpr):
         e, e_ok, k, k_ok, hid = _edge_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
@@ -83,7 +88,8 @@ if triton is not None:
         d_ok = d < D
         acc = tl.zeros((BE, W, DP), dtype=tl.float32)
         for u in range(S):
-            _, weight = _weight_row(hid, w_ptr, b_ptr, u, v, k, k_ok, H, W, PRECISION)  # [BE, W]
+            _, _, _, weight = _weight_row(hid, w_ptr, b_ptr, rows_ptr, scale_ptr, u, v, k, k_ok, H,
+                                          PRECISION)  # [BE, W]
             tu = tl.load(t_ptr + _t_row(rows_ptr, u, e, E)[:, None] + d[None, :],
                          mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # [BE, DP]
             acc += weight[:, :, None] * tu[:, None, :]
@@ -91,9 +97,9 @@ if triton is not None:
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=e_ok[:, None, None] & d_ok[None, None, :])
 
     @triton.jit
-    def _contract_bwd(h_ptr, w_ptr, b_ptr, t_ptr, rows_ptr, g_ptr, gt_ptr, gw_ptr, gh_ptr, E, e_first, n_edges,
-                      stride_he, stride_ge, S: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr,
-                      D: tl.constexpr, DP: tl.constexpr, BE: tl.constexpr, PRECISION: tl.constexpr,
+    def _contract_bwd(h_ptr, w_ptr, b_ptr, t_ptr, rows_ptr, scale_ptr, g_ptr, gt_ptr, gw_ptr, gh_ptr, E, e_first,
+                      n_edges, stride_he, stride_ge, stride_gwe, S: tl.constexpr, H: tl.constexpr,
+                      HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BE: tl.constexpr, PRECISION: tl.constexpr,
                       ACCUMULATE: tl.constexpr):
         # edges e (local to the chunk of E edges) are edges e_first + e of the projection buffer
         e, e_ok, k, k_ok, hid = _edge_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
@@ -105,14 +111,16 @@ if triton is not None:
                     mask=e_ok[:, None, None] & d_ok[None, None, :], other=0.0).to(tl.float32)  # [BE, W, DP]
         grad_hid = tl.zeros((BE, HP), dtype=tl.float32)
         for u in range(S):
-            wu, weight = _weight_row(hid, w_ptr, b_ptr, u, v, k, k_ok, H, W, PRECISION)  # made again
+            wu, r, scale, weight = _weight_row(hid, w_ptr, b_ptr, rows_ptr, scale_ptr, u, v, k, k_ok, H,
+                                               PRECISION)  # made again
             row = _t_row(rows_ptr, u, e_first + e, n_edges)[:, None] + d[None, :]  # [BE, DP]
             tu = tl.load(t_ptr + row, mask=e_ok_d, other=0.0).to(tl.float32)
             grad_t = tl.sum(weight[:, :, None] * g, axis=1)  # [BE, DP]
             # dL/dT goes to the same place of the gradient buffer: each element of T belongs to one block
             tl.store(gt_ptr + row, grad_t.to(gt_ptr.dtype.element_ty), mask=e_ok_d)
-            grad_w = tl.sum(tu[:, None, :] * g, axis=2).to(gw_ptr.dtype.element_ty)  # [BE, W] = dL/dw[e, u, :]
-            tl.store(gw_ptr + e[:, None] * (S * W) + u * W + v[None, :], grad_w, mask=e_ok[:, None])
+            # dL/d(Linear output)[e, r:r + W] = a_p dL/dw[e, u, :]  [BE, W]
+            grad_w = (tl.sum(tu[:, None, :] * g, axis=2) * scale).to(gw_ptr.dtype.element_ty)
+            tl.store(gw_ptr + e.to(tl.int64)[:, None] * stride_gwe + r + v[None, :], grad_w, mask=e_ok[:, None])
             grad_hid += tl.dot(grad_w.to(wu.dtype), tl.trans(wu), input_precision=PRECISION)  # [BE, HP]
         gh = gh_ptr + e[:, None] * H + k[None, :]
         gh_ok = e_ok[:, None] & k_ok[None, :]
@@ -127,29 +135,34 @@ def _dims(hidden: torch.Tensor, rows: torch.Tensor, mul_out: int, dim_out: int) 
                 DP=triton.next_power_of_2(dim_out), BE=EDGE_TILE)
 
 
-def forward(hidden, weight, bias, proj, rows, mul_out: int, dim_out: int, out: torch.Tensor) -> None:
+def forward(hidden, weight, bias, proj, rows, scale, mul_out: int, dim_out: int, out: torch.Tensor) -> None:
     """out [E, W (2lo+1)] (a column range of the layer's output) <- contraction of T [E, S, 2lo+1] with
-    w = hidden @ weight^T + bias. T's row u is read from the projection buffer `proj` (group-major, flat) at the
-    place `rows[u]` (int32 [S, 3], see `_t_row`). `weight` [S W, H] and `bias` in the compute dtype, `hidden` any
+    w[e, u, :] = scale[u] (hidden[e] @ weight[r_u:r_u + W]^T + bias[r_u:r_u + W]). T's row u is read from the
+    projection buffer `proj` (group-major, flat) at the place `rows[u]` says (int32 [S, 4], see `_t_row`), r_u is
+    rows[u, 3]. `weight` [numel, H] and `bias` (the Linear's, e3nn's row order) in the compute dtype, `hidden` any
     float dtype (cast on load)."""
     e = hidden.shape[0]
     assert hidden.stride(1) == 1 and out.stride(1) == 1 and weight.is_contiguous() and proj.is_contiguous()
     assert rows.is_contiguous() and rows.dtype == torch.int32 and out.shape[1] == mul_out * dim_out
+    assert scale.dtype == torch.float32 and scale.shape[0] == rows.shape[0]
     grid = (triton.cdiv(e, EDGE_TILE),)
-    _contract_fwd[grid](hidden, weight, bias, proj, rows, out, e, hidden.stride(0), out.stride(0),
+    _contract_fwd[grid](hidden, weight, bias, proj, rows, scale, out, e, hidden.stride(0), out.stride(0),
                         PRECISION=_precision(weight.dtype), num_warps=NUM_WARPS,
                         **_dims(hidden, rows, mul_out, dim_out))
 
 
-def backward(hidden, weight, bias, proj, rows, mul_out: int, dim_out: int, grad_out, grad_proj, grad_w, grad_hidden,
-             e_first: int, n_edges: int, accumulate: bool) -> None:
+def backward(hidden, weight, bias, proj, rows, scale, mul_out: int, dim_out: int, grad_out, grad_proj, grad_w,
+             grad_hidden, e_first: int, n_edges: int, accumulate: bool) -> None:
     """For the chunk of edges e_first ... e_first + len(hidden) of the n_edges of `proj`: dL/dT written into
-    `grad_proj` (same layout as `proj`) at T's places, grad_w [chunk, S W] written, grad_hidden [chunk, H] fp32
-    written or added to; grad_out [chunk, W (2lo+1)] may be a column range."""
+    `grad_proj` (same layout as `proj`) at T's places, dL/d(Linear output) into this block's columns of
+    grad_w [chunk, numel], grad_hidden [chunk, H] fp32 written or added to; grad_out [chunk, W (2lo+1)] may be a
+    column range."""
     e = hidden.shape[0]
     assert grad_out.stride(1) == 1 and grad_proj.is_contiguous() and grad_proj.shape == proj.shape
-    assert grad_w.is_contiguous() and grad_hidden.is_contiguous() and proj.numel() % n_edges == 0
+    assert grad_w.stride(1) == 1 and grad_w.shape[1] == weight.shape[0] and grad_hidden.is_contiguous()
+    assert proj.numel() % n_edges == 0
     grid = (triton.cdiv(e, EDGE_TILE),)
-    _contract_bwd[grid](hidden, weight, bias, proj, rows, grad_out, grad_proj, grad_w, grad_hidden, e, e_first,
-                        n_edges, hidden.stride(0), grad_out.stride(0), PRECISION=_precision(weight.dtype),
-                        ACCUMULATE=accumulate, num_warps=NUM_WARPS, **_dims(hidden, rows, mul_out, dim_out))
+    _contract_bwd[grid](hidden, weight, bias, proj, rows, scale, grad_out, grad_proj, grad_w, grad_hidden, e,
+                        e_first, n_edges, hidden.stride(0), grad_out.stride(0), grad_w.stride(0),
+                        PRECISION=_precision(weight.dtype), ACCUMULATE=accumulate, num_warps=NUM_WARPS,
+                        **_dims(hidden, rows, mul_out, dim_out))

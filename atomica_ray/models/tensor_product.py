@@ -30,9 +30,8 @@ from . import fused_contraction
 
 
 class KernelBlock(NamedTuple):
-    """An output irrep with paths, for the kernels: its Linear rows (S W), W, 2lo+1, its first column in the
-    output, and its rows [row0, row1) of `StackedTensorProduct.t_rows` (S = row1 - row0)."""
-    rows: int
+    """An output irrep with paths, for the kernels: W, 2lo+1, its first column in the output, and its rows
+    [row0, row1) of `StackedTensorProduct.t_rows` (S = row1 - row0)."""
     mul: int
     dim: int
     column: int
@@ -86,10 +85,12 @@ class StackedTensorProduct(nn.Module):
                                                    for i in tp.instructions]), 0).tolist()
         perm, scale = [], []
         self.paths = [[] for _ in irreps_out]  # per output irrep: (input irrep, second input irrep, lo)
+        path_weights = [[] for _ in irreps_out]  # per output irrep: (first Linear row of the path, a_p)
         for i_out in range(len(irreps_out)):
             for ins, start, stop in zip(tp.instructions, offsets[:-1], offsets[1:]):
                 if ins.i_out == i_out:
                     self.paths[i_out].append((ins.i_in1, ins.i_in2, irreps_out[i_out].ir.l))
+                    path_weights[i_out].append((start, ins.path_weight))
                     perm.extend(range(start, stop))
                     scale.extend([ins.path_weight] * (stop - start))
         self.register_buffer("weight_perm", torch.tensor(perm, dtype=torch.long), persistent=False)
@@ -97,15 +98,17 @@ class StackedTensorProduct(nn.Module):
         self.block_rows = [sum(self.in1[i1][0] for i1, _, _ in paths) * mul
                            for paths, (mul, _) in zip(self.paths, self.out_blocks)]
         self.weight_numel = tp.weight_numel
-        self._plan_projection_buffer(irreps_out)
+        self._plan_kernels(path_weights)
 
-    def _plan_projection_buffer(self, irreps_out) -> None:
-        """Where the kernels' path (`FusedEdgeWeightedContraction`) finds T_o: no T_o is stored, its rows are read
-        from one flat buffer holding every group's projection [E, U_l1, Q_l1], group after group ("group-major",
-        so that each group's block is the matmul's contiguous result and its gradient a view). Row u of T_o
-        for edge e is at element start * E + e * U_l1 Q_l1 + (row of u in the group) Q_l1 + (column of (i2, lo)):
-        the buffer `t_rows` holds (start, U_l1 Q_l1, row * Q_l1 + column) per row of every T_o, blocks with paths
-        one after another ([sum over blocks S_o, 3], int32)."""
+    def _plan_kernels(self, path_weights) -> None:
+        """What the kernels (`FusedEdgeWeightedContraction`) need to find T_o and w_o, neither of which is stored.
+
+        T_o's rows are read from one flat buffer holding every group's projection [E, U_l1, Q_l1], group after
+        group ("group-major": each group's block is its matmul's contiguous result and its gradient a view). Row u
+        of T_o for edge e is at element start * E + e * U_l1 Q_l1 + (row of u in the group) Q_l1 + (column of
+        (i2, lo)). w_o[e, u, :] = a_p (hidden[e] @ weight[r:r + W]^T + bias[r:r + W]) with r the Linear row (e3nn
+        order) of the path's (u, 0). Buffers: `t_rows` = (start, U_l1 Q_l1, row Q_l1 + column, r) and `t_scale` =
+        a_p per row of every T_o, blocks with paths one after another ([sum over blocks S_o, 4] int32, [.] fp32)."""
         place = {}  # (input irrep, second input irrep, lo) -> (start, stride, first row's element in the edge's group)
         used = {}  # per group start: how many blocks read each element of an edge's group [U_l1 Q_l1]
         start = 0
@@ -123,24 +126,26 @@ class StackedTensorProduct(nn.Module):
             used[start] = torch.zeros(u, q, dtype=torch.long)
             start += u * q
         self.proj_numel_per_edge = start
-        rows = []
-        for paths in self.paths:
-            for i1, i2, lo in paths:
+        rows, scales = [], []
+        for paths, weights, (mul_out, _) in zip(self.paths, path_weights, self.out_blocks):
+            for (i1, i2, lo), (linear_row, a_p) in zip(paths, weights):
                 p_start, stride, first = place[(i1, i2, lo)]
                 q = stride // used[p_start].shape[0]
                 for u in range(self.in1[i1][0]):
-                    rows.append((p_start, stride, first + u * q))
+                    rows.append((p_start, stride, first + u * q, linear_row + u * mul_out))
+                    scales.append(a_p)
                     used[p_start].view(-1)[first + u * q:first + u * q + 2 * lo + 1] += 1
         counts = torch.cat([c.view(-1) for c in used.values()]) if used else torch.zeros(0, dtype=torch.long)
         # Each (i1, i2, lo) feeds the one output irrep of degree lo and parity p1 p2, so the kernels write dL/dT
         # into the gradient buffer rather than add to it. An irreps_out with a repeated irrep (two readers of one
         # element) breaks that: such a tensor product keeps the concatenating path.
         self.kernel_layout_ok = bool((counts <= 1).all())
-        self.register_buffer("t_rows", torch.tensor(rows, dtype=torch.int32).view(-1, 3), persistent=False)
+        self.register_buffer("t_rows", torch.tensor(rows, dtype=torch.int32).view(-1, 4), persistent=False)
+        self.register_buffer("t_scale", torch.tensor(scales, dtype=torch.float32), persistent=False)
         blocks, column, row = [], 0, 0
         for (mul, dim), paths, n_rows in zip(self.out_blocks, self.paths, self.block_rows):
             if paths:
-                blocks.append(KernelBlock(n_rows, mul, dim, column, row, row + n_rows // mul))
+                blocks.append(KernelBlock(mul, dim, column, row, row + n_rows // mul))
                 row += n_rows // mul
             column += mul * dim
         # elements read by no block (a path missing for one member of a group) get a zero gradient
@@ -151,13 +156,12 @@ class StackedTensorProduct(nn.Module):
 
         x [E, irreps_in1.dim], y [E, irreps_in2.dim], hidden [E, linear.in_features] -> [E, irreps_out.dim]."""
         projected = self._project(x, y)  # per l1 group [E, U_l1, Q_l1]
-        w_all = linear.weight.index_select(0, self.weight_perm) * self.weight_scale.unsqueeze(1)  # [numel, H]
-        b_all = linear.bias.index_select(0, self.weight_perm) * self.weight_scale  # [numel]
         if self._kernels_apply(hidden):
             flat = [p.reshape(-1) for p in projected]
             proj = flat[0] if len(flat) == 1 else torch.cat(flat)  # [E * sum over groups U_l1 Q_l1], group-major
-            return FusedEdgeWeightedContraction.apply(hidden, w_all, b_all, proj, self.t_rows, self.kernel_plan)
-        return self._contract_stacked(projected, hidden, w_all, b_all)
+            return FusedEdgeWeightedContraction.apply(hidden, linear.weight, linear.bias, proj, self.t_rows,
+                                                      self.t_scale, self.kernel_plan)
+        return self._contract_stacked(projected, hidden, linear)
 
     def _project(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """T of every path, as one [E, U_l1, Q_l1] tensor per input degree l1: the outer product of the group's
@@ -173,9 +177,12 @@ class StackedTensorProduct(nn.Module):
             projected.append(outer @ getattr(self, f"cg_{l1}"))  # [E, U_l1, Q_l1]
         return projected
 
-    def _contract_stacked(self, projected, hidden, w_all, b_all) -> torch.Tensor:
-        """cuBLAS / CPU path: each T_o [E, sum U, 2lo+1] concatenated from the projections, then contracted."""
+    def _contract_stacked(self, projected, hidden, linear) -> torch.Tensor:
+        """cuBLAS / CPU path: the Linear's rows permuted into stacked order and scaled, each T_o [E, sum U, 2lo+1]
+        concatenated from the projections, then contracted."""
         e = hidden.shape[0]
+        w_all = linear.weight.index_select(0, self.weight_perm) * self.weight_scale.unsqueeze(1)  # [numel, H]
+        b_all = linear.bias.index_select(0, self.weight_perm) * self.weight_scale  # [numel]
         pieces = {}  # (input irrep, second input irrep, lo) -> [E, U, 2lo+1]
         for (l1, columns), part_l1 in zip(self.group_columns.items(), projected):
             members = self.groups[l1]
@@ -278,58 +285,59 @@ class EdgeWeightedContraction(torch.autograd.Function):
 
 class FusedEdgeWeightedContraction(torch.autograd.Function):
     """`EdgeWeightedContraction` by the Triton kernels of fused_contraction.py (GPU, bf16 / fp16 in training):
-    w is never stored, dL/dw is stored once (chunks of FUSED_GRAD_CHUNK_ELEMENTS, usually the whole batch). No
-    t_o is made either: the kernels read T_o's rows from the projection buffer `proj` (group-major, see
-    `StackedTensorProduct._plan_projection_buffer`) where `t_rows` says, write each block into its columns of the
-    output, and dL/dT into the same places of one gradient buffer.
+    w is never stored, dL/dw is stored once (chunks of FUSED_GRAD_CHUNK_ELEMENTS, usually the whole batch). Nor is
+    any t_o or permuted copy of the Linear made: the kernels read T_o's rows from the projection buffer `proj`
+    (group-major) and the Linear's rows in e3nn's order where `t_rows` says, scale by `t_scale` (see
+    `StackedTensorProduct._plan_kernels`), write each block into its columns of the output, dL/dT into the same
+    places of one gradient buffer and dL/dw in the Linear's row order, so that one matmul gives the Linear's
+    weight and bias gradients.
 
-    hidden [E, H], weight [numel, H], bias [numel] in stacked order, proj [E * P] -> [E, irreps_out.dim].
+    hidden [E, H], weight [numel, H], bias [numel] (the Linear's own), proj [E * P] -> [E, irreps_out.dim].
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, proj, t_rows, plan: KernelPlan):
+    def forward(ctx, hidden, weight, bias, proj, t_rows, t_scale, plan: KernelPlan):
         dtype, out_dtype = _compute_dtypes(hidden)
-        ctx.plan, ctx.compute_dtype = plan, dtype
-        ctx.save_for_backward(hidden, weight, bias, proj, t_rows)
         with torch.autocast(hidden.device.type, enabled=False):
             e = hidden.shape[0]
             make = torch.empty if plan.out_dim == sum(b.mul * b.dim for b in plan.blocks) else torch.zeros
             out = make((e, plan.out_dim), dtype=out_dtype, device=hidden.device)  # blocks without paths stay 0
-            weight_parts, bias_parts = _in_dtype(weight, bias, [b.rows for b in plan.blocks], dtype)
-            for b, wt, bs in zip(plan.blocks, weight_parts, bias_parts):
-                fused_contraction.forward(hidden, wt, bs, proj, t_rows[b.row0:b.row1], b.mul, b.dim,
-                                          out[:, b.column:b.column + b.mul * b.dim])
-            return out
+            wt, bs = weight.to(dtype), bias.to(dtype)
+            for b in plan.blocks:
+                fused_contraction.forward(hidden, wt, bs, proj, t_rows[b.row0:b.row1], t_scale[b.row0:b.row1],
+                                          b.mul, b.dim, out[:, b.column:b.column + b.mul * b.dim])
+        ctx.plan, ctx.compute_dtype, ctx.param_dtypes = plan, dtype, (weight.dtype, bias.dtype)
+        ctx.save_for_backward(hidden, wt, bs, proj, t_rows, t_scale)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, bias, proj, t_rows = ctx.saved_tensors
+        hidden, wt, bs, proj, t_rows, t_scale = ctx.saved_tensors
         plan, dtype = ctx.plan, ctx.compute_dtype
         acc = torch.promote_types(dtype, torch.float32)
         e, n_hidden = hidden.shape
+        numel = wt.shape[0]
         with torch.autocast(hidden.device.type, enabled=False):
             if grad_out.stride(1) != 1:
                 grad_out = grad_out.contiguous()
             grad_hidden = torch.empty_like(hidden, dtype=acc)  # [E, H], written by the first block
             grad_proj = (torch.zeros_like if plan.zero_grad else torch.empty_like)(proj)
-            weight_parts, bias_parts = _in_dtype(weight, bias, [b.rows for b in plan.blocks], dtype)
             h_ones = _with_ones(hidden, dtype)  # [E, H + 8]
-            grad_weight_bias = []  # per block [rows, H + 8]
-            for i, (b, wt, bs) in enumerate(zip(plan.blocks, weight_parts, bias_parts)):
-                step = max(1, FUSED_GRAD_CHUNK_ELEMENTS // b.rows)
-                total = None
-                for e0 in range(0, e, step):
-                    e1 = min(e, e0 + step)
-                    gw = torch.empty((e1 - e0, b.rows), dtype=dtype, device=hidden.device)  # d w  [c, rows]
-                    fused_contraction.backward(hidden[e0:e1], wt, bs, proj, t_rows[b.row0:b.row1], b.mul, b.dim,
+            step = max(1, FUSED_GRAD_CHUNK_ELEMENTS // numel)
+            grad_weight_bias = None  # [numel, H + 8]
+            for e0 in range(0, e, step):
+                e1 = min(e, e0 + step)
+                gw = torch.empty((e1 - e0, numel), dtype=dtype, device=hidden.device)  # dL/d(Linear output)
+                for i, b in enumerate(plan.blocks):
+                    fused_contraction.backward(hidden[e0:e1], wt, bs, proj, t_rows[b.row0:b.row1],
+                                               t_scale[b.row0:b.row1], b.mul, b.dim,
                                                grad_out[e0:e1, b.column:b.column + b.mul * b.dim], grad_proj, gw,
                                                grad_hidden[e0:e1], e0, e, accumulate=i > 0)
-                    part = gw.t() @ h_ones[e0:e1]  # [rows, H + 8]
-                    total = part if total is None else total.to(acc).add_(part)
-                grad_weight_bias.append(total)
-            grad_weight_bias = torch.cat(grad_weight_bias)  # [numel, H + 8]
-        return (grad_hidden.to(hidden.dtype), grad_weight_bias[:, :n_hidden].to(weight.dtype),
-                grad_weight_bias[:, n_hidden].to(bias.dtype), grad_proj, None, None)
+                part = gw.t() @ h_ones[e0:e1]  # [numel, H + 8]
+                grad_weight_bias = part if grad_weight_bias is None else grad_weight_bias.to(acc).add_(part)
+        weight_dtype, bias_dtype = ctx.param_dtypes
+        return (grad_hidden.to(hidden.dtype), grad_weight_bias[:, :n_hidden].to(weight_dtype),
+                grad_weight_bias[:, n_hidden].to(bias_dtype), grad_proj, None, None, None)
 
 
 def _compute_dtypes(hidden: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
