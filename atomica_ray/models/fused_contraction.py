@@ -1,15 +1,19 @@
 """Triton kernels for the per-edge weighted contraction of a tensor product (GPU only, optional).
 
-For one output irrep, with per-edge weights made from the edge's hidden features,
+For one output irrep, with per-edge weights made from the edge's hidden features (rows r_u .. r_u + W of the
+tensor product's Linear belong to T's row u, a_u is its path's normalisation),
 
-    w[e, u, v] = sum_h hidden[e, h] weight[u W + v, h] + bias[u W + v]          # [E, S, W]
+    w[e, u, v] = a_u (sum_h hidden[e, h] weight[r_u + v, h] + bias[r_u + v])    # [E, S, W]
     out[e, v, k] = sum_u w[e, u, v] t[e, u, k]                                 # [E, W, 2lo+1]
 
 `EdgeWeightedContraction` (tensor_product.py) does this with cuBLAS: it writes w to memory chunk by chunk, reads it
 back for a batched matmul whose matrices are tiny (W x S times S x (2lo+1)), and repeats both in backward. Here a
 program owns a tile of edges and walks over u: w[:, u, :] is one [tile, H] x [H, W] tensor-core product kept in
 registers, used at once and dropped, so w never reaches memory. Backward makes it again the same way and writes
-only dL/dw (once), which two cuBLAS matmuls turn into the gradients of the Linear layer and of `hidden`.
+only dL/d(Linear output) (once, in the Linear's row order), which one cuBLAS matmul turns into the gradients of the
+Linear layer. t is not stored either: a per-block int32 row table says where each of its rows lies in the
+projection buffer of all paths (tensor_product.StackedTensorProduct._plan_kernels), and dL/dt goes to the same
+places of a gradient buffer of that layout.
 
 Used when Triton imports, the tensors are on a CUDA device and W >= 16 (tl.dot needs 16 columns); otherwise the
 cuBLAS path runs. Same function up to float rounding (tests/test_fused_contraction.py, in Triton's interpreter).

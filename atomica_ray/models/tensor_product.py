@@ -10,7 +10,8 @@ with C the Wigner 3j symbols and a_p the path normalisation. Here all paths into
 out_o[e] = weight_o[e]^T @ T_o[e], a [W, sum U] x [sum U, 2lo+1] matmul per edge. The per-edge weights come from
 the rows of a Linear layer permuted (and scaled by a_p) once per call into that stacked order, one Linear per
 output irrep. T is computed with one matmul per input l1: the outer product of all l1 inputs with all spherical
-harmonics times a (block-sparse) matrix of every C(l1 . .) needed.
+harmonics times a (block-sparse) matrix of every C(l1 . .) needed. On the Triton kernels' path neither T_o nor
+the permuted Linear is made: the kernels find both through a row table (`StackedTensorProduct._plan_kernels`).
 
 e3nn runs one einsum per path on strided weight slices; this does a handful of matmuls. It is the same function
 (up to float rounding), which tests/test_models_properties.py checks against e3nn. The per-edge weights are never
