@@ -60,7 +60,8 @@ def cases():
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [ln.split()[1:] for ln in done.stdout.splitlines() if ln.startswith("CASE")]
     assert len(rows) == 6, done.stdout
-    return [(name, int(off), int(on), int(zero), float(worst), float(peak)) for name, off, on, zero, worst, peak in rows]
+    return [(name, int(off), int(on), int(zero), float(worst), float(peak))
+            for name, off, on, zero, worst, peak in rows]
 
 
 def test_triton_contraction_equals_cublas_path_in_the_interpreter(cases):

@@ -83,9 +83,9 @@ if triton is not None:
         return (start * n_edges + column) + e.to(tl.int64) * stride  # [BE] int64
 
     @triton.jit
-    def _contract_fwd(h_ptr, w_ptr, b_ptr, t_ptr, rows_ptr, scale_ptr, out_ptr, E, stride_he, stride_oe, S: tl.constexpr,
-                      H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-                      BE: tl.constexpr, PRECISION: tl.constexpr):
+    def _contract_fwd(h_ptr, w_ptr, b_ptr, t_ptr, rows_ptr, scale_ptr, out_ptr, E, stride_he, stride_oe,
+                      S: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr,
+                      DP: tl.constexpr, BE: tl.constexpr, PRECISION: tl.constexpr):
         e, e_ok, k, k_ok, hid = _edge_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
         v = tl.arange(0, W)
         d = tl.arange(0, DP)
@@ -103,8 +103,8 @@ if triton is not None:
     @triton.jit
     def _contract_bwd(h_ptr, w_ptr, b_ptr, t_ptr, rows_ptr, scale_ptr, g_ptr, gt_ptr, gw_ptr, gh_ptr, E, e_first,
                       n_edges, stride_he, stride_ge, stride_gwe, S: tl.constexpr, H: tl.constexpr,
-                      HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BE: tl.constexpr, PRECISION: tl.constexpr,
-                      ACCUMULATE: tl.constexpr):
+                      HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BE: tl.constexpr,
+                      PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr):
         # edges e (local to the chunk of E edges) are edges e_first + e of the projection buffer
         e, e_ok, k, k_ok, hid = _edge_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
         v = tl.arange(0, W)
