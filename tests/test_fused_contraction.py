@@ -75,3 +75,46 @@ def test_unread_projections_get_zero_gradient_and_pathless_blocks_stay_zero(case
     zero_grad = {name: zero for name, _, _, zero, _, _ in cases}
     assert zero_grad["16x0e+16x1o"] == 1  # the case exists: the kernels' buffer has elements no block reads
     assert not any(zero for name, zero in zero_grad.items() if "32x0e" in name)  # released layers read all
+
+
+COMPILE = r"""
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from atomica_ray.models import fused_contraction as fc
+from atomica_ray.models.equivariant import TensorProductConv
+from atomica_ray.models.interaction import irreps_sequence
+
+seq = irreps_sequence(32, 16)
+stp = TensorProductConv(seq[3], "1x0e + 1x1o + 1x2e", seq[3], 136, 136).stacked_tp
+target, n = GPUTarget("cuda", 90, 32), 0
+hidden = torch.zeros(1, 136, dtype=torch.bfloat16)
+for b in stp.kernel_plan.blocks:
+    for p in ("*bf16", "*fp32"):
+        dims = fc._dims(hidden, stp.t_rows[b.row0:b.row1], b.mul, b.dim)
+        common = dict(h_ptr=p, w_ptr=p, b_ptr=p, t_ptr=p, rows_ptr="*i32", scale_ptr="*fp32")
+        c = {**dims, "PRECISION": "ieee" if p == "*fp32" else "tf32"}
+        fwd = dict(common, out_ptr="*fp32", E="i32", stride_he="i32", stride_oe="i32")
+        triton.compile(ASTSource(fc._contract_fwd, {**fwd, **{k: "constexpr" for k in c}}, constexprs=c),
+                       target=target, options=dict(num_warps=fc.NUM_WARPS))
+        c["ACCUMULATE"] = True
+        bwd = dict(common, g_ptr="*fp32", gt_ptr=p, gw_ptr=p, gh_ptr="*fp32", E="i32", e_first="i32", n_edges="i32",
+                   stride_he="i32", stride_ge="i32", stride_gwe="i32")
+        triton.compile(ASTSource(fc._contract_bwd, {**bwd, **{k: "constexpr" for k in c}}, constexprs=c),
+                       target=target, options=dict(num_warps=fc.NUM_WARPS))
+        n += 2
+print("COMPILED", n)
+"""
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    """The kernels are valid for an H100 (ptxas), not only for the interpreter: every block of a released layer."""
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("Triton without its bundled ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from another run's cache
+    done = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "COMPILED 24" in done.stdout, done.stdout

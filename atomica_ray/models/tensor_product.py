@@ -113,7 +113,9 @@ class StackedTensorProduct(nn.Module):
         place = {}  # (input irrep, second input irrep, lo) -> (start, stride, first row's element in the edge's group)
         used = {}  # per group start: how many blocks read each element of an edge's group [U_l1 Q_l1]
         start = 0
+        self.group_starts: dict[int, int] = {}  # l1 -> its block's start in the buffer, in units of E elements
         for l1, columns in self.group_columns.items():
+            self.group_starts[l1] = start
             members = self.groups[l1]
             q = sum(2 * lo + 1 for _, lo in columns)
             u = sum(self.in1[i][0] for i in members)
