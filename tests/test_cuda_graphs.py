@@ -6,7 +6,7 @@ training step of the released model there (figures in benchmarks/RESULTS.md)."""
 import torch
 
 from atomica_ray.models.cuda_graphs import bucket, enable_cuda_graphs, pad_graph
-from atomica_ray.models.interaction import ATOMICAEncoder
+from atomica_ray.models.interaction import ATOMICAEncoder, layer_stack
 
 
 def test_buckets_cover_the_size_with_little_padding():
@@ -34,14 +34,14 @@ def test_padded_stack_equals_the_unpadded_one_forward_and_backward():
     pos = pos.double()
     h = torch.randn(n, 16, generator=g, dtype=torch.float64, requires_grad=True)
     attr = torch.randn(edges.shape[1], 8, generator=g, dtype=torch.float64, requires_grad=True)
-    weights = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in enc._stack(h, pos, edges, attr)]
+    weights = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in layer_stack(enc.encoder, h, pos, edges, attr)]
 
     def run(padded: bool):
         args = (h, pos, edges, attr)
         if padded:
             args = pad_graph(*args, n_pad=bucket(n + 2), e_pad=bucket(edges.shape[1]))
             assert args[0].shape[0] >= n + 2 and args[2].shape[1] > edges.shape[1]  # both really padded
-        outs = enc._stack(*args)
+        outs = layer_stack(enc.encoder, *args)
         outs = [o[:n] if i < 3 else o[: edges.shape[1]] for i, o in enumerate(outs)]
         loss = sum((o * w).sum() for o, w in zip(outs, weights))
         params = [p for p in enc.parameters() if p.requires_grad]

@@ -18,6 +18,7 @@ and gradients are copied out just after it.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections import OrderedDict
 
@@ -27,6 +28,8 @@ import torch
 BUCKET_FRACTION = 16
 MAX_BUCKETS = 32
 WARMUP_ITERS = 2  # eager runs on a side stream before capture (Triton compiles, cuBLAS picks kernels)
+CAPTURE_MODE = "thread_local"
+MAX_CAPTURE_FAILURES = 3  # per bucket; then it stays eager
 
 
 def bucket(n: int, minimum: int = 64) -> int:
@@ -36,28 +39,40 @@ def bucket(n: int, minimum: int = 64) -> int:
 
 
 class Captured:
-    """Forward and backward graphs of `fn` at one set of input shapes."""
+    """Forward and backward graphs of `module` at one set of input shapes.
 
-    def __init__(self, fn, params: list[torch.nn.Parameter], inputs: tuple[torch.Tensor, ...], pool):
+    The graphs' leaves are their own: static copies of the inputs and of the parameters (refreshed before each
+    replay). A parameter's gradient accumulator is shared by every live autograd graph that uses it; one made
+    outside the capture (the previous step's graph, still referenced by its loss) would tie the capture to the
+    stream it ran on, which the driver refuses."""
+
+    def __init__(self, module: torch.nn.Module, names: list[str], params: list[torch.nn.Parameter],
+                 inputs: tuple[torch.Tensor, ...], pool):
         self.params = params
+        self.weights = [p.detach().clone().requires_grad_(True) for p in params]
         self.inputs = tuple(x.detach().clone().requires_grad_(x.requires_grad) for x in inputs)
-        self.diff = [t for t in (*self.inputs, *params) if t.requires_grad]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        self.diff = [t for t in (*self.inputs, *self.weights) if t.requires_grad]
+
+        def run():
+            return torch.func.functional_call(module, dict(zip(names, self.weights)), self.inputs)
+
+        # warm-up and capture on one stream (cuBLAS keeps a workspace per (handle, stream), made on first use)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
             for _ in range(WARMUP_ITERS):
-                outs = fn(*self.inputs)
+                outs = run()
                 need = [o for o in outs if o.requires_grad]
                 torch.autograd.grad(need, self.diff, [torch.ones_like(o) for o in need], allow_unused=True)
-        torch.cuda.current_stream().wait_stream(side)
-        del outs, need
+                del outs, need
+        stream.synchronize()
 
         self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.forward_graph, pool=pool, capture_error_mode="thread_local"):
-            self.outputs = fn(*self.inputs)
+        with torch.cuda.graph(self.forward_graph, pool=pool, stream=stream, capture_error_mode=CAPTURE_MODE):
+            self.outputs = run()
         self.needs_grad = [o.requires_grad for o in self.outputs]
         self.grad_outputs = [torch.empty_like(o) for o in self.outputs if o.requires_grad]
-        with torch.cuda.graph(self.backward_graph, pool=pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.backward_graph, pool=pool, stream=stream, capture_error_mode=CAPTURE_MODE):
             grads = torch.autograd.grad([o for o in self.outputs if o.requires_grad], self.diff, self.grad_outputs,
                                         allow_unused=True)
         self.grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, self.diff)]
@@ -76,6 +91,7 @@ class _Replay(torch.autograd.Function):
         ctx.captured, ctx.token = captured, token
         for static, x in zip(captured.inputs, tensors):
             static.copy_(x)
+        torch._foreach_copy_(captured.weights, captured.params)  # the optimizer has moved them since
         captured.forward_graph.replay()
         outs = tuple(o.clone() for o in captured.outputs)
         ctx.mark_non_differentiable(*(o for o, g in zip(outs, captured.needs_grad) if not g))
@@ -93,25 +109,43 @@ class _Replay(torch.autograd.Function):
         captured.backward_graph.replay()
         ctx.token.done = True
         grads = iter(g.clone() for g in captured.grads)
-        inputs = (*captured.inputs, *captured.params)
+        inputs = (*captured.inputs, *captured.weights)
         return (None, None, *(next(grads) if t.requires_grad else None for t in inputs))
 
 
 class GraphedStack:
-    """Runs `fn(h, pos, edges, edge_attr) -> tuple of [N, ...] / [E, ...] tensors` through CUDA graphs.
+    """Runs `module(h, pos, edges, edge_attr) -> tuple of [N, ...] / [E, ...] tensors` through CUDA graphs.
 
-    `fn`'s outputs must be node-indexed ([N, ...]) or edge-indexed ([E, ...]); `node_outputs` says which.
-    `params`: every trainable parameter `fn` uses (their gradients come out of the backward graph)."""
+    `node_outputs` says which outputs are node-indexed ([N, ...]) and which edge-indexed ([E, ...]).
+    `names`: every trainable parameter the module uses (their gradients come out of the backward graph)."""
 
-    def __init__(self, fn, params, node_outputs: tuple[bool, ...]):
-        self.fn, self.params, self.node_outputs = fn, list(params), node_outputs
+    def __init__(self, module: torch.nn.Module, names: list[str], node_outputs: tuple[bool, ...]):
+        self.module, self.names, self.node_outputs = module, names, node_outputs
+        params = dict(module.named_parameters())
+        self.params = [params[n] for n in names]
         self.graphs: OrderedDict[tuple, Captured] = OrderedDict()
         self.pool = None
         self.in_flight = lambda: None  # weak reference to the _InFlight of the last replayed forward
+        self.failures: dict[tuple, int] = {}  # failed captures per bucket
 
     @staticmethod
     def usable(h: torch.Tensor) -> bool:
         return h.is_cuda and torch.is_grad_enabled() and not torch.cuda.is_current_stream_capturing()
+
+    def _capture(self, key, inputs) -> Captured | None:
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        try:
+            captured = self.graphs[key] = Captured(self.module, self.names, self.params, inputs, self.pool)
+        except RuntimeError as error:  # a capture the driver refused: run this bucket eagerly, try again later
+            self.failures[key] = self.failures.get(key, 0) + 1
+            warnings.warn(f"CUDA graph capture failed for {key[:2]} nodes/edges (attempt {self.failures[key]} of "
+                          f"{MAX_CAPTURE_FAILURES}); running eagerly: {str(error).splitlines()[0]}")
+            torch.cuda.synchronize()
+            return None
+        while len(self.graphs) > MAX_BUCKETS:
+            self.graphs.popitem(last=False)
+        return captured
 
     def __call__(self, h, pos, edges, edge_attr):
         n, e = h.shape[0], edges.shape[1]
@@ -120,16 +154,16 @@ class GraphedStack:
                torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
         last = self.in_flight()
         if last is not None and not last.done:  # its saved activations live in the shared pool: keep them
-            return self.fn(h, pos, edges, edge_attr)
+            return self.module(h, pos, edges, edge_attr)
         captured = self.graphs.get(key)
+        if captured is None and self.failures.get(key, 0) >= MAX_CAPTURE_FAILURES:
+            return self.module(h, pos, edges, edge_attr)
         inputs = pad_graph(h, pos, edges, edge_attr, n_pad, e_pad)
         with torch.autocast("cuda", enabled=key[-2], dtype=key[-1], cache_enabled=False):
             if captured is None:
-                if self.pool is None:
-                    self.pool = torch.cuda.graph_pool_handle()
-                captured = self.graphs[key] = Captured(self.fn, self.params, inputs, self.pool)
-                while len(self.graphs) > MAX_BUCKETS:
-                    self.graphs.popitem(last=False)
+                captured = self._capture(key, inputs)
+                if captured is None:
+                    return self.module(h, pos, edges, edge_attr)
             self.graphs.move_to_end(key)
             token = _InFlight()
             self.in_flight = weakref.ref(token)

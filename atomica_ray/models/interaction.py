@@ -168,21 +168,38 @@ class ATOMICAEncoder(nn.Module):
 
     def use_cuda_graphs(self, enabled: bool = True) -> None:
         """Replay the layer stack from CUDA graphs when training on a GPU (models/cuda_graphs.py)."""
-        m = self.encoder
-        params = [p for part in (m.edge_embedder, m.layers, m.out_ffn) for p in part.parameters() if p.requires_grad]
-        # outputs of _stack: representation, irreps features, node embeddings (per node); sh, lengths (per edge)
-        self.cuda_graphs = GraphedStack(self._stack, params, (True, True, True, False, False)) if enabled else None
-
-    def _stack(self, h, pos, edges, edge_type_attr):
-        node_attr, node_embeddings, (edge_sh, edge_length) = self.encoder(h, pos, edges, edge_type_attr)
-        repr_ = F.normalize(self.encoder.out_ffn(node_embeddings), dim=-1)
-        return repr_, node_attr, node_embeddings, edge_sh, edge_length
+        if not enabled:
+            self.cuda_graphs = None
+            return
+        stack = LayerStack(self.encoder)  # not a submodule of self: no state-dict keys of its own
+        used = ("interaction.edge_embedder.", "interaction.layers.", "interaction.out_ffn.")
+        names = [n for n, p in stack.named_parameters() if p.requires_grad and n.startswith(used)]
+        # outputs: representation, irreps features, node embeddings (per node); sh, lengths (per edge)
+        self.cuda_graphs = GraphedStack(stack, names, (True, True, True, False, False))
 
     def forward(self, h, pos, edges, edge_type_attr):
         """Returns (normalised representation [N, hidden], irreps features, node embeddings, edge geometry)."""
         if self.cuda_graphs is not None and self.training and GraphedStack.usable(h):
             outs = self.cuda_graphs(h, pos, edges, edge_type_attr)
         else:
-            outs = self._stack(h, pos, edges, edge_type_attr)
+            outs = layer_stack(self.encoder, h, pos, edges, edge_type_attr)
         repr_, node_attr, node_embeddings, edge_sh, edge_length = outs
         return repr_, node_attr, node_embeddings, (edge_sh, edge_length)
+
+
+def layer_stack(interaction: InteractionModule, h, pos, edges, edge_type_attr):
+    """The layers and the read-out: (representation, irreps features, node embeddings, edge sh, edge lengths)."""
+    node_attr, node_embeddings, (edge_sh, edge_length) = interaction(h, pos, edges, edge_type_attr)
+    repr_ = F.normalize(interaction.out_ffn(node_embeddings), dim=-1)
+    return repr_, node_attr, node_embeddings, edge_sh, edge_length
+
+
+class LayerStack(nn.Module):
+    """`layer_stack` as a module: the unit CUDA graphs capture (its parameters can be swapped for copies)."""
+
+    def __init__(self, interaction: InteractionModule):
+        super().__init__()
+        self.interaction = interaction
+
+    def forward(self, h, pos, edges, edge_type_attr):
+        return layer_stack(self.interaction, h, pos, edges, edge_type_attr)
