@@ -65,6 +65,10 @@ def main() -> None:
                         help="replay the encoder stacks from CUDA graphs (`cuda_graphs: true`); warm up over every "
                              "batch once (--warmup 8) so that each size bucket is captured before timing")
     parser.add_argument("--no-fused", action="store_true", help="cuBLAS contraction instead of the Triton kernels")
+    parser.add_argument("--no-fused-projection", action="store_true",
+                        help="torch's outer @ cg projections instead of the Triton projection kernels")
+    parser.add_argument("--kernel-hidden-grad", action="store_true",
+                        help="dL/dhidden inside the Triton backward instead of one cuBLAS matmul")
     parser.add_argument("--edge-tile", type=int, default=None, help="edges per Triton program")
     parser.add_argument("--warps", type=int, default=None, help="warps per Triton program")
     parser.add_argument("--chunk-elements", type=int, default=None,
@@ -80,6 +84,8 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = args.tf32
     TensorProductConv.use_e3nn = args.impl == "e3nn"
     tensor_product.USE_FUSED = not args.no_fused
+    tensor_product.USE_FUSED_PROJECTION = not args.no_fused_projection
+    tensor_product.KERNEL_HIDDEN_GRAD = args.kernel_hidden_grad
     fused_contraction.EDGE_TILE = args.edge_tile or fused_contraction.EDGE_TILE
     fused_contraction.NUM_WARPS = args.warps or fused_contraction.NUM_WARPS
     if args.chunk_elements:
@@ -127,6 +133,7 @@ def main() -> None:
     print(f"{name} impl={args.impl} tf32={args.tf32} bf16={args.bf16} compile={args.compile} "
           f"cuda_graphs={args.cuda_graphs} warm-up {args.warmup} steps {warmup_s:.1f} s "
           f"chunk={tensor_product.WEIGHT_CHUNK_ELEMENTS} fused={tensor_product.USE_FUSED} "
+          f"fused_projection={tensor_product.USE_FUSED_PROJECTION} kernel_hidden_grad={args.kernel_hidden_grad} "
           f"tile={fused_contraction.EDGE_TILE}x{fused_contraction.NUM_WARPS}w device={gpu}")
     print(f"median step {1000 * statistics.median(times):.1f} ms  (min {1000 * min(times):.1f}, "
           f"max {1000 * max(times):.1f})  blocks/s {blocks / total:.0f}  atoms/s {atoms / total:.0f}  "

@@ -104,7 +104,7 @@ if triton is not None:
     def _contract_bwd(h_ptr, w_ptr, b_ptr, t_ptr, rows_ptr, scale_ptr, g_ptr, gt_ptr, gw_ptr, gh_ptr, E, e_first,
                       n_edges, stride_he, stride_ge, stride_gwe, S: tl.constexpr, H: tl.constexpr,
                       HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BE: tl.constexpr,
-                      PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr):
+                      PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr, HIDDEN_GRAD: tl.constexpr):
         # edges e (local to the chunk of E edges) are edges e_first + e of the projection buffer
         e, e_ok, k, k_ok, hid = _edge_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
         v = tl.arange(0, W)
@@ -125,12 +125,14 @@ if triton is not None:
             # dL/d(Linear output)[e, r:r + W] = a_p dL/dw[e, u, :]  [BE, W]
             grad_w = (tl.sum(tu[:, None, :] * g, axis=2) * scale).to(gw_ptr.dtype.element_ty)
             tl.store(gw_ptr + e.to(tl.int64)[:, None] * stride_gwe + r + v[None, :], grad_w, mask=e_ok[:, None])
-            grad_hid += tl.dot(grad_w.to(wu.dtype), tl.trans(wu), input_precision=PRECISION)  # [BE, HP]
-        gh = gh_ptr + e[:, None] * H + k[None, :]
-        gh_ok = e_ok[:, None] & k_ok[None, :]
-        if ACCUMULATE:
-            grad_hid += tl.load(gh, mask=gh_ok, other=0.0)
-        tl.store(gh, grad_hid, mask=gh_ok)
+            if HIDDEN_GRAD:
+                grad_hid += tl.dot(grad_w.to(wu.dtype), tl.trans(wu), input_precision=PRECISION)  # [BE, HP]
+        if HIDDEN_GRAD:
+            gh = gh_ptr + e[:, None] * H + k[None, :]
+            gh_ok = e_ok[:, None] & k_ok[None, :]
+            if ACCUMULATE:
+                grad_hid += tl.load(gh, mask=gh_ok, other=0.0)
+            tl.store(gh, grad_hid, mask=gh_ok)
 
 
 def _dims(hidden: torch.Tensor, rows: torch.Tensor, mul_out: int, dim_out: int) -> dict:
@@ -159,14 +161,16 @@ def backward(hidden, weight, bias, proj, rows, scale, mul_out: int, dim_out: int
              grad_hidden, e_first: int, n_edges: int, accumulate: bool) -> None:
     """For the chunk of edges e_first ... e_first + len(hidden) of the n_edges of `proj`: dL/dT written into
     `grad_proj` (same layout as `proj`) at T's places, dL/d(Linear output) into this block's columns of
-    grad_w [chunk, numel], grad_hidden [chunk, H] fp32 written or added to; grad_out [chunk, W (2lo+1)] may be a
-    column range."""
+    grad_w [chunk, numel], grad_hidden [chunk, H] fp32 written or added to (None: not computed here, the caller
+    takes grad_w @ weight with cuBLAS); grad_out [chunk, W (2lo+1)] may be a column range."""
     e = hidden.shape[0]
     assert grad_out.stride(1) == 1 and grad_proj.is_contiguous() and grad_proj.shape == proj.shape
-    assert grad_w.stride(1) == 1 and grad_w.shape[1] == weight.shape[0] and grad_hidden.is_contiguous()
+    assert grad_w.stride(1) == 1 and grad_w.shape[1] == weight.shape[0]
+    assert grad_hidden is None or grad_hidden.is_contiguous()
     assert proj.numel() % n_edges == 0
     grid = (triton.cdiv(e, EDGE_TILE),)
-    _contract_bwd[grid](hidden, weight, bias, proj, rows, scale, grad_out, grad_proj, grad_w, grad_hidden, e,
-                        e_first, n_edges, hidden.stride(0), grad_out.stride(0), grad_w.stride(0),
-                        PRECISION=_precision(weight.dtype), ACCUMULATE=accumulate, num_warps=NUM_WARPS,
+    _contract_bwd[grid](hidden, weight, bias, proj, rows, scale, grad_out, grad_proj, grad_w,
+                        grad_w if grad_hidden is None else grad_hidden, e, e_first, n_edges, hidden.stride(0),
+                        grad_out.stride(0), grad_w.stride(0), PRECISION=_precision(weight.dtype),
+                        ACCUMULATE=accumulate, HIDDEN_GRAD=grad_hidden is not None, num_warps=NUM_WARPS,
                         **_dims(hidden, rows, mul_out, dim_out))

@@ -27,7 +27,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from . import fused_contraction
+from . import fused_contraction, fused_projection
 
 
 class KernelBlock(NamedTuple):
@@ -100,6 +100,8 @@ class StackedTensorProduct(nn.Module):
                            for paths, (mul, _) in zip(self.paths, self.out_blocks)]
         self.weight_numel = tp.weight_numel
         self._plan_kernels(path_weights)
+        self.projection = fused_projection.projection_plan(self)  # the Triton projection's tables (no state)
+        assert all(self.group_starts[g.l1] == g.column for g in self.projection.groups), "buffer layouts differ"
 
     def _plan_kernels(self, path_weights) -> None:
         """What the kernels (`FusedEdgeWeightedContraction`) need to find T_o and w_o, neither of which is stored.
@@ -158,13 +160,16 @@ class StackedTensorProduct(nn.Module):
         """TP(x, y) with per-edge weights `linear(hidden)`.
 
         x [E, irreps_in1.dim], y [E, irreps_in2.dim], hidden [E, linear.in_features] -> [E, irreps_out.dim]."""
-        projected = self._project(x, y)  # per l1 group [E, U_l1, Q_l1]
         if self._kernels_apply(hidden):
-            flat = [p.reshape(-1) for p in projected]
-            proj = flat[0] if len(flat) == 1 else torch.cat(flat)  # [E * sum over groups U_l1 Q_l1], group-major
+            if USE_FUSED_PROJECTION and fused_projection.usable(x):
+                proj = fused_projection.FusedProjection.apply(x, y, self.projection, True)
+            else:
+                flat = [p.reshape(-1) for p in self._project(x, y)]
+                proj = flat[0] if len(flat) == 1 else torch.cat(flat)
+            # proj: [E * sum over groups U_l1 Q_l1], group-major
             return FusedEdgeWeightedContraction.apply(hidden, linear.weight, linear.bias, proj, self.t_rows,
                                                       self.t_scale, self.kernel_plan)
-        return self._contract_stacked(projected, hidden, linear)
+        return self._contract_stacked(self._project(x, y), hidden, linear)  # per l1 group [E, U_l1, Q_l1]
 
     def _project(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """T of every path, as one [E, U_l1, Q_l1] tensor per input degree l1: the outer product of the group's
@@ -217,6 +222,12 @@ class StackedTensorProduct(nn.Module):
 WEIGHT_CHUNK_ELEMENTS = 1 << 26
 # Triton kernels (fused_contraction.py) where they apply; False forces the cuBLAS path (benchmarks, debugging).
 USE_FUSED = True
+# Where the contraction kernels run, the projections too (fused_projection.py); False: torch's outer @ cg.
+USE_FUSED_PROJECTION = True
+# dL/dhidden inside the backward kernels (one [32, W] x [W, H] dot per row of T) or, False, as one cuBLAS matmul
+# of the stored dL/dw: the kernels' dots have K = W = 16 or 32, too small for the tensor cores to pay (H100 A/B in
+# benchmarks/RESULTS.md).
+KERNEL_HIDDEN_GRAD = False
 FUSED_DTYPES = (torch.bfloat16, torch.float16)
 # dL/dw elements held at once on the kernels' path (2**28 = 512 MiB in bf16: the whole batch of a released layer)
 FUSED_GRAD_CHUNK_ELEMENTS = 1 << 28
@@ -335,7 +346,10 @@ class FusedEdgeWeightedContraction(torch.autograd.Function):
                     fused_contraction.backward(hidden[e0:e1], wt, bs, proj, t_rows[b.row0:b.row1],
                                                t_scale[b.row0:b.row1], b.mul, b.dim,
                                                grad_out[e0:e1, b.column:b.column + b.mul * b.dim], grad_proj, gw,
-                                               grad_hidden[e0:e1], e0, e, accumulate=i > 0)
+                                               grad_hidden[e0:e1] if KERNEL_HIDDEN_GRAD else None, e0, e,
+                                               accumulate=i > 0)
+                if not KERNEL_HIDDEN_GRAD:
+                    grad_hidden[e0:e1] = gw @ wt  # [chunk, numel] x [numel, H]: one large cuBLAS matmul
                 part = gw.t() @ h_ones[e0:e1]  # [numel, H + 8]
                 grad_weight_bias = part if grad_weight_bias is None else grad_weight_bias.to(acc).add_(part)
         weight_dtype, bias_dtype = ctx.param_dtypes
