@@ -37,6 +37,7 @@ from atomica_ray.data import make_loader  # noqa: E402
 from atomica_ray.data.demo import write_demo_dataset  # noqa: E402
 from atomica_ray.tasks import get_task  # noqa: E402
 from atomica_ray.train.config import TrainConfig  # noqa: E402
+from atomica_ray.models.cuda_graphs import enable_cuda_graphs  # noqa: E402
 from atomica_ray.train.loop import autocast, build_model, data_spec, seed_all, to_device  # noqa: E402
 from atomica_ray.train.schedule import build_optimizer  # noqa: E402
 
@@ -55,6 +56,8 @@ def bare_epochs(cfg: TrainConfig, device: torch.device) -> list[float]:
     task = get_task(cfg.task)
     seed_all(cfg.seed)
     model = build_model(cfg, task).to(device).train()
+    if cfg.cuda_graphs and device.type == "cuda":  # as the engine does
+        enable_cuda_graphs(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg, task.optimizer)
     spec = data_spec(cfg, task, cfg.train_set, train=True)
@@ -141,6 +144,7 @@ def main() -> None:
     parser.add_argument("--batch-blocks", type=int, default=1000, help="block budget of a batch (small: CPU smoke run)")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the engine's `precision`")
+    parser.add_argument("--cuda-graphs", action="store_true", help="the engine's `cuda_graphs: true`")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (epoch 0 is warm-up)")
@@ -155,7 +159,8 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = TrainConfig(task="binary_classifier", train_set=data, max_epoch=args.epochs, lr=1e-3,
                       loader_workers=args.loader_workers, num_workers=1, use_gpu=device.type == "cuda",
-                      progress_bar=False, precision=args.precision, **{**RELEASED, "max_n_vertex_per_gpu": args.batch_blocks})
+                      progress_bar=False, precision=args.precision, cuda_graphs=args.cuda_graphs,
+                      **{**RELEASED, "max_n_vertex_per_gpu": args.batch_blocks})
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"P2 setup: {n_items} items, {args.epochs} epochs, loader_workers={args.loader_workers}, "
           f"precision={args.precision}, device={gpu}",
