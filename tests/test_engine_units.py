@@ -13,7 +13,7 @@ import torch
 from atomica_ray.train import metrics as M
 from atomica_ray.train.checkpoint import rng_state, set_rng_state
 from atomica_ray.train.config import TrainConfig
-from atomica_ray.train.dist import reduce_step
+from atomica_ray.train.dist import StepSummary, bad_step, reduce_step
 from atomica_ray.train.ema import EMA
 from atomica_ray.train.schedule import apply_hparams, build_optimizer, lr_at
 
@@ -174,11 +174,32 @@ def test_reduce_step_single_process_keeps_grads_and_flags():
     a = torch.nn.Parameter(torch.zeros(3))
     b = torch.nn.Parameter(torch.zeros(2))  # unused this step: no grad
     a.grad = torch.tensor([1.0, 2.0, 3.0])
-    s = reduce_step([a, b], oom=False, nonfinite=False, loss_sum=1.5, loss_count=2, device=torch.device("cpu"))
+    flags = reduce_step([a, b], oom=False, nonfinite=False, loss_sum=1.5, loss_count=2, device=torch.device("cpu"))
     assert torch.equal(a.grad, torch.tensor([1.0, 2.0, 3.0])) and torch.equal(b.grad, torch.zeros(2))
+    s = StepSummary.read(flags)
     assert (s.oom, s.nonfinite, s.loss_sum, s.loss_count, s.grads_finite) == (0, 0, 1.5, 2, True)
+    assert bad_step(flags, check_grads=True).item() == 0.0
     a.grad = torch.tensor([float("inf"), 0.0, 0.0])
-    assert not reduce_step([a], False, False, 0.0, 0, torch.device("cpu")).grads_finite
+    flags = reduce_step([a], False, False, 0.0, 0, torch.device("cpu"))
+    assert not StepSummary.read(flags).grads_finite
+    assert bad_step(flags, check_grads=True).item() == 1.0 and bad_step(flags, check_grads=False).item() == 0.0
+    a.grad = torch.ones(3)
+    assert bad_step(reduce_step([a], True, False, 0.0, 0, torch.device("cpu")), check_grads=True).item() == 1.0
+
+
+def test_a_bad_step_is_skipped_on_the_device_by_the_fused_optimizer():
+    """The loop queues the optimizer step without reading the flags: the fused AdamW leaves the weights, moments
+    and step count alone where `found_inf` is 1, and updates them where it is 0."""
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = build_optimizer([p], TrainConfig(lr=0.1), "adamw")
+    for skip, moves in ((1.0, False), (0.0, True)):
+        before = p.detach().clone()
+        p.grad = torch.full((4,), float("nan") if skip else 0.5)
+        opt.found_inf = torch.tensor(skip)
+        opt.step()
+        del opt.found_inf
+        assert torch.isfinite(p).all() and (not torch.equal(p.detach(), before)) == moves
+    assert opt.state[p]["step"].item() == 1  # the skipped step did not count
 
 
 # --- logging ---------------------------------------------------------------------------------------------------

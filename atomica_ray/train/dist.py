@@ -35,13 +35,20 @@ class StepSummary:
     loss_count: float  # number of micro-batch losses in loss_sum
     grads_finite: bool
 
+    @classmethod
+    def read(cls, flags: torch.Tensor) -> "StepSummary":
+        """The host's view of `reduce_step`'s flags (a host sync: the engine reads them one step late)."""
+        n_oom, n_nonfinite, total, count, finite = flags.tolist()
+        return cls(int(n_oom), int(n_nonfinite), total, count, bool(finite))
+
 
 @torch.no_grad()
 def reduce_step(params: list[torch.nn.Parameter], oom, nonfinite, loss_sum, loss_count,
-                device: torch.device) -> StepSummary:
-    """Average the gradients of `params` over ranks and agree on the step's flags, in one all-reduce and one host
-    sync. The flags and loss sums may be Python numbers or 0-d device tensors (kept on the device by the loop, so
-    that a step syncs once, here).
+                device: torch.device) -> torch.Tensor:
+    """Average the gradients of `params` over ranks and agree on the step's flags, in one all-reduce, without a
+    host sync. The flags and loss sums may be Python numbers or 0-d device tensors. Returns the step's flags on the
+    device, [ranks out of memory, ranks with a non-finite loss, loss sum, loss count, gradients all finite]
+    (`bad_step` decides from them on the device, `StepSummary.read` brings them to the host).
 
     A parameter without a gradient contributes zeros, so every rank's buffer has the same layout.
     """
@@ -55,12 +62,19 @@ def reduce_step(params: list[torch.nn.Parameter], oom, nonfinite, loss_sum, loss
     if world > 1:
         dist.all_reduce(flat)
     grad_flat = flat[:-4] / world  # [n_params]
+    for p, g in zip(params, torch.split(grad_flat, sizes)):
+        p.grad = g.view_as(p).to(p.dtype)  # a bad step is skipped by the optimizer, on the device
     finite = torch.isfinite(grad_flat).all().float().reshape(1)
-    n_oom, n_nonfinite, total, count, all_finite = torch.cat((flat[-4:], finite)).tolist()
-    if not (n_oom or n_nonfinite):
-        for p, g in zip(params, torch.split(grad_flat, sizes)):
-            p.grad = g.view_as(p).to(p.dtype)
-    return StepSummary(int(n_oom), int(n_nonfinite), total, count, bool(all_finite))
+    return torch.cat((flat[-4:], finite))  # [5]
+
+
+def bad_step(flags: torch.Tensor, check_grads: bool) -> torch.Tensor:
+    """1.0 where the step must be skipped (a rank out of memory, a non-finite loss, or, if `check_grads`,
+    non-finite gradients), else 0.0: the `found_inf` a fused Adam(W) takes.  # [] on the device"""
+    bad = (flags[0] + flags[1]) > 0
+    if check_grads:
+        bad = bad | (flags[4] == 0)
+    return bad.float()
 
 
 def gather_objects(obj):

@@ -21,13 +21,16 @@ class EMA:
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, skip: torch.Tensor | None = None) -> None:
+        """`skip`: a device flag (1.0: the optimizer skipped this step, leave the averages as they are)."""
+        keep = None if skip is None else skip.bool()
         for name, value in model.state_dict().items():
             shadow = self.shadow[name]
             if shadow.dtype.is_floating_point:
-                shadow.lerp_(value.detach(), 1.0 - self.decay)
+                weight = 1.0 - self.decay if skip is None else (1.0 - self.decay) * (1.0 - skip).to(shadow.dtype)
+                shadow.lerp_(value.detach(), weight)
             else:
-                shadow.copy_(value)
+                shadow.copy_(value if keep is None else torch.where(keep, shadow, value))
 
     @contextlib.contextmanager
     def swapped_in(self, model: nn.Module):

@@ -157,6 +157,8 @@ class WorkerRun:
                                            self.device.type == "cuda")
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.state = TrainState(patience_left=cfg.patience_epochs)
+        self.pending = None  # the last optimizer step's device flags and log values, settled one step later
+        self.window, self.last_loss = [0.0, 0.0], float("nan")
         history: list[dict] = []
 
         if resume is not None:
@@ -268,7 +270,7 @@ class WorkerRun:
         n, accum = len(loader), cfg.grad_accum
         bar = self.logger.progress(n, st.batch, f"epoch {st.epoch}")
         group = defaultdict(float)  # oom / nonfinite / loss_sum / loss_count of the current optimizer step
-        window = [0.0, 0.0]  # loss sum and count since the last report
+        self.window = [0.0, 0.0]  # loss sum and count of the settled steps since the last report
         self.model.train()
         for b, batch in enumerate(loader, start=st.batch):
             group_size = min(accum, n - (b // accum) * accum)
@@ -276,24 +278,20 @@ class WorkerRun:
                 self._micro_step(batch, 1.0 / group_size, group)
             if (b + 1) % accum and b + 1 < n:
                 continue
-            summary = self._optimizer_step(group)
+            self._optimizer_step(group)
             group.clear()
             st.batch = b + 1
-            if summary.loss_count:
-                window[0] += summary.loss_sum
-                window[1] += summary.loss_count
-            if bar is not None:
+            if bar is not None:  # the loss shown is the previous step's (settled without waiting)
                 bar.update(b + 1 - bar.n)
-                loss = summary.loss_sum / summary.loss_count if summary.loss_count else float("nan")
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:.2e}", refresh=False)
+                bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.lr:.2e}", refresh=False)
             if cfg.report_every_steps and st.global_step % cfg.report_every_steps == 0 and b + 1 < n:
-                self._report(self._train_metrics(window, mid_epoch=True),
+                self._report(self._train_metrics(mid_epoch=True),
                              f"checkpoint_epoch{st.epoch:04d}_step{st.global_step:08d}")
-                window = [0.0, 0.0]
+                self.window = [0.0, 0.0]
             self._maybe_crash()
         if bar is not None:
             bar.close()
-        self.end_of_epoch(window)
+        self.end_of_epoch()
 
     def _micro_step(self, batch, scale: float, group: dict) -> None:
         batch = to_device(batch, self.device)
@@ -318,38 +316,67 @@ class WorkerRun:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _optimizer_step(self, group: dict) -> dist.StepSummary:
+    def _optimizer_step(self, group: dict) -> None:
+        """All-reduce, clip, step, all queued without waiting for the GPU: whether the step was bad (out of memory,
+        non-finite loss or gradient) is decided on the device (the fused optimizer's `found_inf`), and the host
+        reads the flags one step later (`_settle`), so the GPU never idles while the host decides."""
         cfg, st = self.cfg, self.state
-        summary = dist.reduce_step(self.params, group["oom"], group["nonfinite"], group["loss_sum"],
-                                   group["loss_count"], self.device)
+        flags = dist.reduce_step(self.params, group["oom"], group["nonfinite"], group["loss_sum"],
+                                 group["loss_count"], self.device)
+        self._settle()  # the previous step: its flags were computed long ago
         self.lr = lr_at(st.global_step, cfg, cfg.scheduler or self.task.scheduler, st.total_steps)
-        nonfinite = summary.nonfinite > 0 or (not summary.grads_finite and not self.scaler.is_enabled())
+        apply_hparams(self.optimizer, cfg, self.lr)
         grad_norm = float("nan")  # a device tensor after clipping: read only by the step loggers
+        if self.scaler.is_enabled():
+            # fp16: GradScaler skips non-finite gradients itself; the other bad steps are decided on the host
+            summary = dist.StepSummary.read(flags)  # a host sync, fp16 only
+            if not (summary.oom or summary.nonfinite):
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or float("inf"))
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+        else:
+            skip = dist.bad_step(flags, check_grads=True)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or float("inf"))
+            self.optimizer.found_inf = skip  # read by the fused Adam(W) kernels: no update where 1
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+            if self.ema is not None:
+                self.ema.update(self.model, skip=skip)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pending = (flags, st.epoch, st.global_step, grad_norm, self.lr)
+        st.global_step += 1  # skipped steps advance too: the lr schedule stays tied to the data position
+
+    def _settle(self) -> None:
+        """The host's bookkeeping of the last optimizer step: skip counters, the bad-steps limit, the loss window,
+        the step log. Called before the next step is queued and before every report."""
+        if self.pending is None:
+            return
+        (flags, epoch, step, grad_norm, lr), self.pending = self.pending, None
+        cfg, st = self.cfg, self.state
+        summary = dist.StepSummary.read(flags)
         if summary.oom:
             st.skipped_oom += 1
-        elif nonfinite:
+        elif summary.nonfinite or (not summary.grads_finite and not self.scaler.is_enabled()):
             st.skipped_nonfinite += 1
             st.bad_steps_in_row += 1
             if st.bad_steps_in_row >= cfg.max_bad_steps:
                 raise BadStepsError(
                     f"{st.bad_steps_in_row} optimizer steps in a row had a non-finite loss or gradient (epoch "
-                    f"{st.epoch}, step {st.global_step}); stopping. Lower lr, set grad_clip, check the data, or "
-                    f"raise max_bad_steps (now {cfg.max_bad_steps}).")
+                    f"{epoch}, step {step}); stopping. Lower lr, set grad_clip, check the data, or raise "
+                    f"max_bad_steps (now {cfg.max_bad_steps}).")
         else:
             st.bad_steps_in_row = 0
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or float("inf"))
-            apply_hparams(self.optimizer, cfg, self.lr)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.ema is not None:
-                self.ema.update(self.model)
-        self.optimizer.zero_grad(set_to_none=True)
-        st.global_step += 1  # skipped steps advance too: the lr schedule stays tied to the data position
-        if self.rank == 0 and summary.loss_count:
-            self.logger.log_step(st.global_step, {"loss": summary.loss_sum / summary.loss_count, "lr": self.lr,
-                                                  "grad_norm": grad_norm})
-        return summary
+        if summary.loss_count:
+            self.window[0] += summary.loss_sum
+            self.window[1] += summary.loss_count
+            self.last_loss = summary.loss_sum / summary.loss_count
+            if self.rank == 0:
+                self.logger.log_step(step + 1, {"loss": self.last_loss, "lr": lr, "grad_norm": grad_norm})
 
     def _maybe_crash(self) -> None:
         """Test hook: a real process death of rank 0 after optimizer step `crash_at_step`, once per run."""
@@ -364,8 +391,9 @@ class WorkerRun:
 
     # -- validation, early stopping, reporting --
 
-    def _train_metrics(self, window, mid_epoch: bool) -> dict:
-        st = self.state
+    def _train_metrics(self, mid_epoch: bool) -> dict:
+        self._settle()
+        st, window = self.state, self.window
         metrics = {
             "epoch": st.epoch, "global_step": st.global_step, "batch": st.batch,
             "train_loss": window[0] / window[1] if window[1] else float("nan"),
@@ -407,9 +435,9 @@ class WorkerRun:
         metrics["val_skipped_oom"] = sum(n for _, n in parts)
         return metrics
 
-    def end_of_epoch(self, window) -> None:
+    def end_of_epoch(self) -> None:
         cfg, st = self.cfg, self.state
-        metrics = self._train_metrics(window, mid_epoch=False)
+        metrics = self._train_metrics(mid_epoch=False)
         if self.valid_spec is not None:
             metrics.update(self.validate())
             self._early_stopping(metrics[self.task.selection_metric])

@@ -24,7 +24,9 @@ from atomica_ray.train.config import TrainConfig
 def build_optimizer(params, cfg: TrainConfig, default: str) -> torch.optim.Optimizer:
     kind = cfg.optimizer or default
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel per step, and it can skip a bad step on the device (`found_inf`), so the loop need not wait
+    # for the GPU to decide
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def lr_at(step: int, cfg: TrainConfig, kind: str, total_steps: int) -> float:
