@@ -16,7 +16,7 @@ the permuted Linear is made: the kernels find both through a row table (`Stacked
 e3nn runs one einsum per path on strided weight slices; this does a handful of matmuls. It is the same function
 (up to float rounding), which tests/test_models_properties.py checks against e3nn. The per-edge weights are never
 held whole (`EdgeWeightedContraction`); in bf16 on a GPU, Triton kernels make them in registers
-(fused_contraction.py).
+(fused_contraction.py), and the per-l1 projections are Triton kernels too (fused_projection.py).
 """
 
 from __future__ import annotations
