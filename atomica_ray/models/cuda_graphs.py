@@ -27,7 +27,7 @@ import torch
 # Buckets: sizes rounded up to 1/16 of their power of two (padding <= 6.25%); at most this many per stack (LRU).
 BUCKET_FRACTION = 16
 MAX_BUCKETS = 32
-WARMUP_ITERS = 2  # eager runs on a side stream before capture (Triton compiles, cuBLAS picks kernels)
+WARMUP_ITERS = 2  # eager runs on the capture stream before capture (Triton compiles, cuBLAS picks kernels)
 CAPTURE_MODE = "thread_local"
 MAX_CAPTURE_FAILURES = 3  # per bucket; then it stays eager
 
