@@ -28,7 +28,7 @@ import torch
 BUCKET_FRACTION = 16
 MAX_BUCKETS = 32
 WARMUP_ITERS = 2  # eager runs on the capture stream before capture (Triton compiles, cuBLAS picks kernels)
-CAPTURE_MODE = "thread_local"
+CAPTURE_MODE = "thread_local"  # other threads (the loader's pin-memory thread) may use CUDA meanwhile
 MAX_CAPTURE_FAILURES = 3  # per bucket; then it stays eager
 
 

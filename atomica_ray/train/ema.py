@@ -24,11 +24,11 @@ class EMA:
     def update(self, model: nn.Module, skip: torch.Tensor | None = None) -> None:
         """`skip`: a device flag (1.0: the optimizer skipped this step, leave the averages as they are)."""
         keep = None if skip is None else skip.bool()
+        weight = 1.0 - self.decay if skip is None else (1.0 - self.decay) * (1.0 - skip)  # once, not per tensor
         for name, value in model.state_dict().items():
             shadow = self.shadow[name]
             if shadow.dtype.is_floating_point:
-                weight = 1.0 - self.decay if skip is None else (1.0 - self.decay) * (1.0 - skip).to(shadow.dtype)
-                shadow.lerp_(value.detach(), weight)
+                shadow.lerp_(value.detach(), weight if skip is None else weight.to(shadow.dtype))
             else:
                 shadow.copy_(value if keep is None else torch.where(keep, shadow, value))
 
