@@ -21,6 +21,7 @@ median/min/max of each, the ratio ray / bare of the medians (target <= 1.03), an
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -37,7 +38,7 @@ from atomica_ray.data import make_loader  # noqa: E402
 from atomica_ray.data.demo import write_demo_dataset  # noqa: E402
 from atomica_ray.tasks import get_task  # noqa: E402
 from atomica_ray.train.config import TrainConfig  # noqa: E402
-from atomica_ray.models.cuda_graphs import enable_cuda_graphs  # noqa: E402
+from atomica_ray.models.cuda_graphs import capture_stats, enable_cuda_graphs  # noqa: E402
 from atomica_ray.train.loop import autocast, build_model, data_spec, seed_all, to_device  # noqa: E402
 from atomica_ray.train.schedule import build_optimizer  # noqa: E402
 
@@ -78,8 +79,10 @@ def bare_epochs(cfg: TrainConfig, device: torch.device) -> list[float]:
             loss_sum += loss.detach()
         sync()
         times.append(time.perf_counter() - t0)
+        captures, seconds = capture_stats(model)
         print(f"P2 bare epoch {epoch}: {times[-1]:.2f} s, {len(loader)} steps, mean loss "
-              f"{float(loss_sum) / max(len(loader), 1):.4f}", flush=True)
+              f"{float(loss_sum) / max(len(loader), 1):.4f}; CUDA graph captures so far {captures} ({seconds:.2f} s)",
+              flush=True)
     return times
 
 
@@ -129,6 +132,10 @@ def ray_epochs(cfg: TrainConfig, storage: str) -> tuple[list[float], float, floa
     if len(stamps) != cfg.max_epoch:
         raise RuntimeError(f"expected {cfg.max_epoch} reports in {watcher.path}, saw {len(stamps)}")
     times = [b - a for a, b in zip(stamps, stamps[1:])]
+    with open(watcher.path) as f:
+        for row in map(json.loads, f):
+            print(f"P2 ray epoch {row['epoch']}: train_loss {row['train_loss']:.4f}; CUDA graph captures so far "
+                  f"{row.get('graph_captures', 0)} ({row.get('graph_capture_s', 0.0):.2f} s)", flush=True)
     return times, ray_start, stamps[0] - t1, fit
 
 

@@ -5,7 +5,7 @@ training step of the released model there (figures in benchmarks/RESULTS.md)."""
 
 import torch
 
-from atomica_ray.models.cuda_graphs import bucket, enable_cuda_graphs, pad_graph
+from atomica_ray.models.cuda_graphs import bucket, capture_stats, enable_cuda_graphs, pad_graph
 from atomica_ray.models.interaction import ATOMICAEncoder, layer_stack
 
 
@@ -67,6 +67,6 @@ def test_graphs_switch_on_every_encoder_and_cpu_runs_stay_eager():
     h = torch.randn(20, 16, generator=g, requires_grad=True)
     attr = torch.randn(edges.shape[1], 8, generator=g)
     out = model.encoder(h, pos, edges, attr)
-    assert not model.encoder.cuda_graphs.graphs  # nothing captured on the CPU
+    assert not model.encoder.cuda_graphs.graphs and capture_stats(model) == (0, 0.0)  # nothing captured on the CPU
     enable_cuda_graphs(model, False)
     torch.testing.assert_close(model.encoder(h, pos, edges, attr)[0], out[0], rtol=0, atol=0)

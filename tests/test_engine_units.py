@@ -13,7 +13,7 @@ import torch
 from atomica_ray.train import metrics as M
 from atomica_ray.train.checkpoint import rng_state, set_rng_state
 from atomica_ray.train.config import TrainConfig
-from atomica_ray.train.dist import StepSummary, bad_step, reduce_step
+from atomica_ray.train.dist import HostCopy, StepSummary, bad_step, reduce_step
 from atomica_ray.train.ema import EMA
 from atomica_ray.train.schedule import apply_hparams, build_optimizer, lr_at
 
@@ -185,6 +185,20 @@ def test_reduce_step_single_process_keeps_grads_and_flags():
     assert bad_step(flags, check_grads=True).item() == 1.0 and bad_step(flags, check_grads=False).item() == 0.0
     a.grad = torch.ones(3)
     assert bad_step(reduce_step([a], True, False, 0.0, 0, torch.device("cpu")), check_grads=True).item() == 1.0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_host_copy_reads_the_values_at_the_time_it_was_made(device):
+    """The engine reads a step's flags one step later: what it reads must be that step's values, not what the
+    device tensor holds by then."""
+    values = torch.tensor([0.0, 1.0, 2.5, 3.0, 0.0], device=device)
+    copy = HostCopy(values)
+    values.add_(10.0)
+    if device == "cuda":
+        torch.cuda._sleep(10_000_000)  # queued work after the copy: read() must not need it
+    assert copy.read() == [0.0, 1.0, 2.5, 3.0, 0.0]
+    assert StepSummary.read(copy.read()) == StepSummary(0, 1, 2.5, 3.0, False)
 
 
 def test_a_bad_step_is_skipped_on_the_device_by_the_fused_optimizer():

@@ -116,7 +116,7 @@ class AttentionPooling(nn.Module):
         key_mask = None
         if masked:
             key_mask = torch.zeros(n_items, max_len + 1, dtype=torch.bool, device=item.device)
-            key_mask[item, slot] = True
+            key_mask[item, slot] = torch.ones_like(valid)  # a device value: no copy from the host
             key_mask = key_mask[:, :max_len]
             key_mask |= ~key_mask.any(dim=1, keepdim=True)  # an item with nothing to pool: avoid NaN rows
         for attn, norm in zip(self.attention_layers, self.norms):

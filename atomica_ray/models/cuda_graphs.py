@@ -18,6 +18,7 @@ and gradients are copied out just after it.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 import weakref
 from collections import OrderedDict
@@ -127,6 +128,7 @@ class GraphedStack:
         self.pool = None
         self.in_flight = lambda: None  # weak reference to the _InFlight of the last replayed forward
         self.failures: dict[tuple, int] = {}  # failed captures per bucket
+        self.captures, self.capture_seconds = 0, 0.0  # so far, failed ones included
 
     @staticmethod
     def usable(h: torch.Tensor) -> bool:
@@ -135,6 +137,8 @@ class GraphedStack:
     def _capture(self, key, inputs) -> Captured | None:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
+        start = time.perf_counter()
+        self.captures += 1
         try:
             captured = self.graphs[key] = Captured(self.module, self.names, self.params, inputs, self.pool)
         except RuntimeError as error:  # a capture the driver refused: run this bucket eagerly, try again later
@@ -143,6 +147,8 @@ class GraphedStack:
                           f"{MAX_CAPTURE_FAILURES}); running eagerly: {str(error).splitlines()[0]}")
             torch.cuda.synchronize()
             return None
+        finally:
+            self.capture_seconds += time.perf_counter() - start
         while len(self.graphs) > MAX_BUCKETS:
             self.graphs.popitem(last=False)
         return captured
@@ -177,7 +183,7 @@ def pad_graph(h, pos, edges, edge_attr, n_pad: int, e_pad: int):
     far = pos.detach().abs().max() + 100.0  # outside every real item, so no geometry is shared with them
     pad_pos = torch.zeros(n_pad - n, 3, dtype=pos.dtype, device=pos.device)
     pad_pos[:, 0] = far + torch.arange(n_pad - n, dtype=pos.dtype, device=pos.device)  # distinct points
-    pad_edges = torch.tensor([[n_pad - 1], [n_pad - 2]], dtype=edges.dtype, device=edges.device).expand(2, e_pad - e)
+    pad_edges = torch.stack((edges.new_full((e_pad - e,), n_pad - 1), edges.new_full((e_pad - e,), n_pad - 2)))
     return (torch.nn.functional.pad(h, (0, 0, 0, n_pad - n)), torch.cat((pos, pad_pos)),
             torch.cat((edges, pad_edges), dim=1), torch.nn.functional.pad(edge_attr, (0, 0, 0, e_pad - e)))
 
@@ -188,3 +194,10 @@ def enable_cuda_graphs(model: torch.nn.Module, enabled: bool = True) -> int:
     for m in encoders:
         m.use_cuda_graphs(enabled)
     return len(encoders)
+
+
+def capture_stats(model: torch.nn.Module) -> tuple[int, float]:
+    """(captures, seconds spent capturing) so far, over every graphed encoder of `model`. Each new size bucket
+    costs one capture; many in a late epoch mean more buckets than MAX_BUCKETS are in use."""
+    stacks = [m.cuda_graphs for m in model.modules() if getattr(m, "cuda_graphs", None) is not None]
+    return sum(s.captures for s in stacks), sum(s.capture_seconds for s in stacks)

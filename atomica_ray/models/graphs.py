@@ -57,21 +57,30 @@ def _candidates(rows: torch.Tensor, row_item: torch.Tensor, layout: ItemLayout):
     return cand, valid
 
 
-def _topk_edges(rows: torch.Tensor, cand: torch.Tensor, dist: torch.Tensor, allowed: torch.Tensor, k: int):
-    """k nearest allowed candidates of each row, nearest first.  # [2, E]"""
+def _topk(cand: torch.Tensor, dist: torch.Tensor, allowed: torch.Tensor, k: int):
+    """The k nearest allowed candidates of each row, nearest first: (node [R, k], kept [R, k])."""
     dist = dist.masked_fill(~allowed, float("inf"))
-    k = min(k, dist.shape[1])
-    near, slot = torch.topk(dist, k, dim=1, largest=False)  # [R, k], ascending
-    keep = torch.isfinite(near)
-    dst = torch.gather(cand, 1, slot)
-    src = rows.unsqueeze(1).expand_as(dst)
-    return torch.stack([src[keep], dst[keep]])
+    near, slot = torch.topk(dist, min(k, dist.shape[1]), dim=1, largest=False)  # [R, k], ascending
+    return torch.gather(cand, 1, slot), torch.isfinite(near)
 
 
-def _all_edges(rows: torch.Tensor, cand: torch.Tensor, allowed: torch.Tensor):
-    """Every allowed (row, candidate) pair, row-major.  # [2, E]"""
-    r, c = allowed.nonzero(as_tuple=True)
-    return torch.stack([rows[r], cand[r, c]])
+def _kept_edges(rows: torch.Tensor, sections: list[tuple[torch.Tensor, torch.Tensor]]):
+    """Edges (row, node) of every kept slot of the `sections` [(node [R, C], kept [R, C]), ...], section after
+    section, row-major within one, and the section of each edge: `([2, E], [E])`. One `nonzero` for all of them:
+    its size is the one host sync."""
+    idx = torch.cat([kept.reshape(-1) for _, kept in sections]).nonzero().squeeze(1)  # [E] flat slot
+    src, dst, section = torch.zeros_like(idx), torch.zeros_like(idx), torch.zeros_like(idx)
+    start = 0
+    for s, (node, kept) in enumerate(sections):
+        end = start + kept.numel()
+        if end > start:
+            inside = (idx >= start) & (idx < end)
+            local = (idx - start).clamp_(0, end - start - 1)  # [E], valid only where inside
+            src = torch.where(inside, rows[local // node.shape[1]], src)
+            dst = torch.where(inside, node.reshape(-1)[local], dst)
+            section = torch.where(inside, s, section)
+        start = end
+    return torch.stack([src, dst]), section
 
 
 @torch.no_grad()
@@ -89,7 +98,7 @@ def knn_graph(
     `global_edges=False` returns intra and inter edges only.
     """
     n = pos.shape[0]
-    parts: dict[int, list[torch.Tensor]] = {t: [] for t in (0, 1, 2, 3)}
+    edges, types = [], []
     for r0, r1 in _row_chunks(n, layout.max_size, max_tile):
         rows = torch.arange(r0, r1, device=pos.device)  # [R]
         cand, valid = _candidates(rows, layout.item[rows], layout)  # [R, M]
@@ -99,19 +108,18 @@ def knn_graph(
         same_seg = segment[rows].unsqueeze(1) == segment[cand]
         g_row, g_col = is_global[rows].unsqueeze(1), is_global[cand]
         normal = pair & ~(g_row | g_col)
-        parts[EDGE_INTRA].append(_topk_edges(rows, cand, dist, normal & same_seg, k))
-        parts[EDGE_INTER].append(_topk_edges(rows, cand, dist, normal & ~same_seg, k))
+        # the section order is the edge type: EDGE_INTRA, EDGE_INTER, EDGE_GLOBAL_NORMAL, EDGE_GLOBAL_GLOBAL
+        sections = [_topk(cand, dist, normal & same_seg, k), _topk(cand, dist, normal & ~same_seg, k)]
         if global_edges:
-            parts[EDGE_GLOBAL_NORMAL].append(_all_edges(rows, cand, pair & same_seg & (g_row | g_col)))
-            parts[EDGE_GLOBAL_GLOBAL].append(_all_edges(rows, cand, pair & g_row & g_col))
-    edges, types = [], []
-    for t, chunks in parts.items():
-        if not chunks:
-            continue
-        e = torch.cat(chunks, dim=1)
+            sections += [(cand, pair & same_seg & (g_row | g_col)), (cand, pair & g_row & g_col)]
+        e, t = _kept_edges(rows, sections)
         edges.append(e)
-        types.append(torch.full((e.shape[1],), t, dtype=torch.long, device=pos.device))
-    return torch.cat(edges, dim=1), torch.cat(types)
+        types.append(t)
+    if len(edges) == 1:
+        return edges[0], types[0]
+    edges, types = torch.cat(edges, dim=1), torch.cat(types)
+    order = torch.sort(types, stable=True).indices  # chunks: type-major again (stable: rows stay ascending)
+    return edges[:, order], types[order]
 
 
 @torch.no_grad()
@@ -136,7 +144,7 @@ def radius_graph(
         sq = (pos[cand] - centers[rows].unsqueeze(1)).pow(2).sum(-1)  # [R, M] squared distance
         near = valid & (sq < radius * radius)
         near &= torch.cumsum(near, dim=1) <= max_neighbors
-        out.append(_all_edges(rows, cand, near))
+        out.append(_kept_edges(rows, [(cand, near)])[0])
     if not out:
         return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
     return torch.cat(out, dim=1)

@@ -36,9 +36,9 @@ class StepSummary:
     grads_finite: bool
 
     @classmethod
-    def read(cls, flags: torch.Tensor) -> "StepSummary":
-        """The host's view of `reduce_step`'s flags (a host sync: the engine reads them one step late)."""
-        n_oom, n_nonfinite, total, count, finite = flags.tolist()
+    def read(cls, flags: torch.Tensor | list[float]) -> "StepSummary":
+        """The host's view of `reduce_step`'s flags (from the device: a host sync)."""
+        n_oom, n_nonfinite, total, count, finite = flags.tolist() if isinstance(flags, torch.Tensor) else flags
         return cls(int(n_oom), int(n_nonfinite), total, count, bool(finite))
 
 
@@ -75,6 +75,28 @@ def bad_step(flags: torch.Tensor, check_grads: bool) -> torch.Tensor:
     if check_grads:
         bad = bad | (flags[4] == 0)
     return bad.float()
+
+
+class HostCopy:
+    """A device tensor on its way to host memory: the copy is queued now, behind the kernels that compute it, and
+    `read()` waits for that copy only. (`.tolist()` on the device tensor would queue the copy behind everything
+    queued since, e.g. the next step's backward, and leave the GPU idle while the host catches up.)"""
+
+    def __init__(self, values: torch.Tensor):
+        values = values.detach()
+        self.ready = None
+        if values.is_cuda:
+            self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.host.copy_(values, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.host = values.clone()
+
+    def read(self) -> list:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.host.tolist()
 
 
 def gather_objects(obj):

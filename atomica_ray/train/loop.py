@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomica_ray.models.cuda_graphs import enable_cuda_graphs
+from atomica_ray.models.cuda_graphs import capture_stats, enable_cuda_graphs
 from atomica_ray.tasks import get_task
 from atomica_ray.tasks.spec import Task, encoder_kwargs
 from atomica_ray.train import dist
@@ -300,8 +300,8 @@ class WorkerRun:
                 loss, _ = self.task.forward(self.model, batch)
             if self.state.global_step in self.cfg.nonfinite_steps and self.rank == self.world - 1:
                 loss = loss * float("nan")  # test hook: a non-finite loss on one rank only
-            # Flags and sums stay on the device: the step syncs with the host once, in reduce_step. A non-finite
-            # loss still runs backward; its step is then skipped on every rank.
+            # Flags and sums stay on the device; the host reads them one step later, without waiting (`_settle`).
+            # A non-finite loss still runs backward; its step is then skipped on every rank.
             value = loss.detach().float()
             finite = torch.isfinite(value)
             self.scaler.scale(loss.float() * scale).backward()
@@ -326,8 +326,8 @@ class WorkerRun:
         self._settle()  # the previous step: its flags were computed long ago
         self.lr = lr_at(st.global_step, cfg, cfg.scheduler or self.task.scheduler, st.total_steps)
         apply_hparams(self.optimizer, cfg, self.lr)
-        grad_norm = float("nan")  # a device tensor after clipping: read only by the step loggers
         if self.scaler.is_enabled():
+            grad_norm = torch.full((), float("nan"), device=self.device)  # of a skipped step
             # fp16: GradScaler skips non-finite gradients itself; the other bad steps are decided on the host
             summary = dist.StepSummary.read(flags)  # a host sync, fp16 only
             if not (summary.oom or summary.nonfinite):
@@ -348,7 +348,9 @@ class WorkerRun:
             if self.ema is not None:
                 self.ema.update(self.model, skip=skip)
         self.optimizer.zero_grad(set_to_none=True)
-        self.pending = (flags, st.epoch, st.global_step, grad_norm, self.lr)
+        # on its way to the host while the GPU goes on; read at the next step (`_settle`)
+        self.pending = (dist.HostCopy(torch.cat((flags, grad_norm.reshape(1).float()))), st.epoch, st.global_step,
+                        self.lr)
         st.global_step += 1  # skipped steps advance too: the lr schedule stays tied to the data position
 
     def _settle(self) -> None:
@@ -356,8 +358,9 @@ class WorkerRun:
         the step log. Called before the next step is queued and before every report."""
         if self.pending is None:
             return
-        (flags, epoch, step, grad_norm, lr), self.pending = self.pending, None
+        (copy, epoch, step, lr), self.pending = self.pending, None
         cfg, st = self.cfg, self.state
+        *flags, grad_norm = copy.read()
         summary = dist.StepSummary.read(flags)
         if summary.oom:
             st.skipped_oom += 1
@@ -400,6 +403,8 @@ class WorkerRun:
             "lr": getattr(self, "lr", self.cfg.lr), "skipped_oom": st.skipped_oom,
             "skipped_nonfinite": st.skipped_nonfinite,
         }
+        if self.cfg.cuda_graphs and self.device.type == "cuda":  # captures so far: new size buckets cost time
+            metrics["graph_captures"], metrics["graph_capture_s"] = capture_stats(self.model)
         return metrics
 
     @torch.no_grad()
