@@ -124,6 +124,7 @@ def test_nonfinite_steps_skipped_then_early_stopping(ray_local, data, storage):
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert rows[-1]["stopped_early"] is True and rows[-1]["skipped_nonfinite"] == 1
     assert [r["patience_left"] for r in rows] == [1, 1, 0]
+    assert all(0 < r["train_time_s"] < 600 for r in rows)  # every epoch report says how long its training took
 
 
 def test_too_many_nonfinite_steps_fail_with_a_clear_message(ray_local, data, storage):

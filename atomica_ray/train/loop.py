@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -235,16 +236,19 @@ class WorkerRun:
             # A mid-epoch checkpoint is not validated (or validation gave no number): rank it below every
             # validated one. Ray needs a finite number (its checkpoint index stores NaN/inf as null, then fails).
             metrics = {**metrics, key: sys.float_info.max if self.task.mode == "min" else -sys.float_info.max}
-        with tempfile.TemporaryDirectory(prefix="atomica-ckpt-") as tmp:
-            checkpoint = None
-            if self.rank == 0:
-                from atomica_ray.models import save_atomica
+        checkpoint = None
+        if self.rank == 0:
+            from atomica_ray.models import save_atomica
 
-                write_checkpoint(Path(tmp), model=self.model, save_atomica=save_atomica, optimizer=self.optimizer,
-                                 scaler=self.scaler, ema=self.ema, state=self.state, rng_states=rngs,
-                                 history=self.logger.history, config=self.cfg.to_dict())
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name)
+            tmp = tempfile.mkdtemp(prefix="atomica-ckpt-")
+            write_checkpoint(Path(tmp), model=self.model, save_atomica=save_atomica, optimizer=self.optimizer,
+                             scaler=self.scaler, ema=self.ema, state=self.state, rng_states=rngs,
+                             history=self.logger.history, config=self.cfg.to_dict())
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        # Ray copies the checkpoint to storage in a background thread while training goes on, then deletes `tmp`;
+        # the run's end waits for the last copy.
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name,
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
     # -- data --
 
@@ -266,6 +270,7 @@ class WorkerRun:
 
     def train_epoch(self) -> None:
         cfg, st = self.cfg, self.state
+        self.epoch_start = time.perf_counter()
         loader = self._train_loader(st.epoch, st.batch)
         n, accum = len(loader), cfg.grad_accum
         bar = self.logger.progress(n, st.batch, f"epoch {st.epoch}")
@@ -442,7 +447,8 @@ class WorkerRun:
 
     def end_of_epoch(self) -> None:
         cfg, st = self.cfg, self.state
-        metrics = self._train_metrics(mid_epoch=False)
+        metrics = self._train_metrics(mid_epoch=False)  # waits for the epoch's last step
+        metrics["train_time_s"] = time.perf_counter() - self.epoch_start  # loader start to last step done
         if self.valid_spec is not None:
             metrics.update(self.validate())
             self._early_stopping(metrics[self.task.selection_metric])
