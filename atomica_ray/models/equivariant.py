@@ -117,10 +117,10 @@ class TensorProductConv(nn.Module):
                 out_nodes: int | None = None) -> torch.Tensor:
         receiver, sender = edges
         if self.use_e3nn:
-            message = self.tp(node_attr[sender], edge_sh, self.fc(edge_attr))  # [E, out_dim]
+            message = self.tp(node_attr.index_select(0, sender), edge_sh, self.fc(edge_attr))  # [E, out_dim]
         else:
             hidden = self.fc[2](self.fc[1](self.fc[0](edge_attr)))  # Linear, ReLU, Dropout
-            message = self.stacked_tp(node_attr[sender], edge_sh, hidden, self.fc[3])  # [E, out_dim]
+            message = self.stacked_tp(node_attr.index_select(0, sender), edge_sh, hidden, self.fc[3])  # [E, out_dim]
         out = scatter_mean(message, receiver, out_nodes if out_nodes is not None else node_attr.shape[0])
         return self.norm_layer(out)
 

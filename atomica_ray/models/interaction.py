@@ -86,9 +86,11 @@ class InteractionModule(nn.Module):
         )
 
     def _edge_features(self, length_embedding, edge_type_attr, node_attr, edges):
+        # index_select, not x[idx]: its backward adds rows with atomics; x[idx]'s sorts the indices first (GPU)
         ns = self.ns
         return torch.cat(
-            (length_embedding, edge_type_attr, node_attr[edges[0], :ns], node_attr[edges[1], :ns]), dim=1
+            (length_embedding, edge_type_attr, node_attr[:, :ns].index_select(0, edges[0]),
+             node_attr[:, :ns].index_select(0, edges[1])), dim=1
         )  # [E, 2 edge_size + 2 ns]
 
     def forward(self, node_attr: torch.Tensor, pos: torch.Tensor, edges: torch.Tensor, edge_type_attr: torch.Tensor):
@@ -123,7 +125,8 @@ class InteractionModule(nn.Module):
         center = scatter_mean(pos[atoms], atom_item, n_items)  # [n_items, 3]
         edges = torch.stack((atom_item, atoms))  # [2, P]: centre receives from atom
         vec = pos[atoms] - center[atom_item]
-        edge_attr = torch.cat((self.global_denoise_edge_embedder(vec.norm(dim=-1)), node_attr[atoms, : self.ns]), 1)
+        edge_attr = torch.cat((self.global_denoise_edge_embedder(vec.norm(dim=-1)),
+                               node_attr[:, : self.ns].index_select(0, atoms)), 1)
         pred = self.global_denoise_predictor(node_attr, edges, edge_attr,
                                              spherical_harmonics(self.sh_irreps, vec, self.min_direction_length),
                                              out_nodes=n_items)  # [n_items, 12] = 2x1o + 2x1e
@@ -134,11 +137,11 @@ class InteractionModule(nn.Module):
 
         `radius_edges` [2, E]: row 0 bond, row 1 atom (see graphs.radius_graph)."""
         bond_pos = (pos[tor_edges[1]] + pos[tor_edges[0]]) / 2  # [n_bonds, 3]
-        bond_attr = node_embeddings[tor_edges[0]] + node_embeddings[tor_edges[1]]
+        bond_attr = node_embeddings.index_select(0, tor_edges[0]) + node_embeddings.index_select(0, tor_edges[1])
         bond, atom = radius_edges
         vec = pos[atom] - bond_pos[bond]
         edge_attr = torch.cat(
-            (self.torsion_edge_embedder(vec.norm(dim=-1)), node_embeddings[atom, : self.ns],
+            (self.torsion_edge_embedder(vec.norm(dim=-1)), node_embeddings[:, : self.ns].index_select(0, atom),
              bond_attr[bond, : self.ns]), dim=-1,
         )
         edge_sh = spherical_harmonics(self.sh_irreps, vec, self.min_direction_length)
