@@ -1,19 +1,20 @@
 """Ray Train's overhead on one GPU (issue 7, P2): the epoch wall time of `atomica-ray train --num-workers 1
 --use-gpu` against a bare single-process PyTorch loop, same data, model, optimizer and loader.
 
-    python benchmarks/bench_ray_overhead.py --root /tmp/ray-bench --base .bench/demo1k --repeat 4 --epochs 3
+    python benchmarks/bench_ray_overhead.py --root /tmp/ray-bench --base .bench/demo1k --repeat 6 --epochs 4
                                             [--loader-workers 8] [--device cuda|cpu] [--n-items N]
+                                            [--precision fp32|bf16] [--cuda-graphs]
 
 Data: binary_classifier on demo items (`--base` repeated `--repeat` times under new ids, or `--n-items` fresh demo
 items). Model: ATOMICA's released configuration (hidden 32/32, edge 32, 4 layers, k 8, PS_300, global message
-passing), batches of <= 1000 blocks, fp32.
+passing), batches of <= 1000 blocks, fp32 unless `--precision bf16`; `--cuda-graphs` on both sides.
 
 (a) bare: `make_loader` -> `create_model` -> the task's loss -> backward -> optimizer step, no Ray; an epoch is
     timed from building its loader to the last step finished on the device.
 (b) ray: `atomica_ray.train.launch` (what `atomica-ray train` runs): Ray is started first (timed apart), then the
-    TorchTrainer fits; the engine records no epoch time, so an epoch is the time between two consecutive
-    end-of-epoch reports, seen as new lines of the run's metrics_history.jsonl (polled every 5 ms). That includes
-    the engine's per-step host syncs, its end-of-epoch checkpoint and `ray.train.report`.
+    TorchTrainer fits; an epoch is the time between two consecutive end-of-epoch reports, seen as new lines of the
+    run's metrics_history.jsonl (polled every 5 ms): its training (the report's `train_time_s`) plus its
+    checkpoint and `ray.train.report`.
 Epoch 0 of each is warm-up (CUDA context, kernels, worker start) and is not counted. Printed: per-epoch times,
 median/min/max of each, the ratio ray / bare epoch by epoch (epoch e has the same batches on both sides) and of
 the total time of epochs 1.. (target <= 1.03), and Ray's start-up.
