@@ -3,12 +3,14 @@ batches (ATOMICA's own: dynamic batches of <= 1000 blocks, items cropped to <= 2
 
     python benchmarks/bench_step.py --batches /work/shared/atomica_reference/bench_batches.pt [--model Classifier]
                                     [--impl stacked|e3nn] [--tf32] [--bf16] [--compile] [--warmup 5] [--steps 20]
-                                    [--chunk-elements N] [--profile]
+                                    [--chunk-elements N] [--profile] [--cuda-graphs] [--no-fused-projection]
+                                    [--kernel-hidden-grad]
 
 Prints the median step time, blocks/s, atoms/s, peak allocated GPU memory and the median host time of a step (until
 `step()` returns, before the final sync: when it is close to the step time, the step is bound by Python and kernel
-launches, not by the GPU). `--bf16` is the engine's `precision: bf16` (autocast; the Triton contraction runs). ATOMICA's original code on one H100
-(float32, TF32 off): 925 ms (DenoisePretrainModel), 968 ms (ClassifierModel) per step.
+launches, not by the GPU). `--bf16` is the engine's `precision: bf16` (autocast; the Triton contraction runs),
+`--cuda-graphs` its `cuda_graphs: true`. ATOMICA's original code on one H100 (float32, TF32 off): 925 ms
+(DenoisePretrainModel), 968 ms (ClassifierModel) per step.
 """
 
 from __future__ import annotations

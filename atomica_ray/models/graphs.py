@@ -22,8 +22,6 @@ import torch
 # Elements of one candidate tile (rows x largest item). 2**24 floats = 64 MiB per tile tensor.
 DEFAULT_MAX_TILE = 1 << 24
 
-EDGE_INTRA, EDGE_INTER, EDGE_GLOBAL_NORMAL, EDGE_GLOBAL_GLOBAL = 0, 1, 2, 3
-
 
 @dataclass
 class ItemLayout:
@@ -108,7 +106,7 @@ def knn_graph(
         same_seg = segment[rows].unsqueeze(1) == segment[cand]
         g_row, g_col = is_global[rows].unsqueeze(1), is_global[cand]
         normal = pair & ~(g_row | g_col)
-        # the section order is the edge type: EDGE_INTRA, EDGE_INTER, EDGE_GLOBAL_NORMAL, EDGE_GLOBAL_GLOBAL
+        # the section order is the edge type, 0-3 as in the module docstring
         sections = [_topk(cand, dist, normal & same_seg, k), _topk(cand, dist, normal & ~same_seg, k)]
         if global_edges:
             sections += [(cand, pair & same_seg & (g_row | g_col)), (cand, pair & g_row & g_col)]

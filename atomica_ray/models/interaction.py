@@ -142,7 +142,7 @@ class InteractionModule(nn.Module):
         vec = pos[atom] - bond_pos[bond]
         edge_attr = torch.cat(
             (self.torsion_edge_embedder(vec.norm(dim=-1)), node_embeddings[:, : self.ns].index_select(0, atom),
-             bond_attr[bond, : self.ns]), dim=-1,
+             bond_attr[:, : self.ns].index_select(0, bond)), dim=-1,
         )
         edge_sh = spherical_harmonics(self.sh_irreps, vec, self.min_direction_length)
         bond_sh = spherical_harmonics("2e", pos[tor_edges[1]] - pos[tor_edges[0]], self.min_direction_length)

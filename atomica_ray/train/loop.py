@@ -290,7 +290,7 @@ class WorkerRun:
                 bar.update(b + 1 - bar.n)
                 bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.lr:.2e}", refresh=False)
             if cfg.report_every_steps and st.global_step % cfg.report_every_steps == 0 and b + 1 < n:
-                self._report(self._train_metrics(mid_epoch=True),
+                self._report(self._train_metrics(),
                              f"checkpoint_epoch{st.epoch:04d}_step{st.global_step:08d}")
                 self.window = [0.0, 0.0]
             self._maybe_crash()
@@ -399,7 +399,7 @@ class WorkerRun:
 
     # -- validation, early stopping, reporting --
 
-    def _train_metrics(self, mid_epoch: bool) -> dict:
+    def _train_metrics(self) -> dict:
         self._settle()
         st, window = self.state, self.window
         metrics = {
@@ -447,7 +447,7 @@ class WorkerRun:
 
     def end_of_epoch(self) -> None:
         cfg, st = self.cfg, self.state
-        metrics = self._train_metrics(mid_epoch=False)  # waits for the epoch's last step
+        metrics = self._train_metrics()  # waits for the epoch's last step
         metrics["train_time_s"] = time.perf_counter() - self.epoch_start  # loader start to last step done
         if self.valid_spec is not None:
             metrics.update(self.validate())
