@@ -2,12 +2,13 @@
 
 Each sub-command lives in its own module under `atomica_ray.cli` and exposes
 `add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
-command runs, so `atomica-ray inspect` never pays for importing Ray.
+command runs, and import neither torch nor Ray at module level, so `--help` and usage errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 
@@ -25,20 +26,56 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="atomica-ray")
+def version_text() -> str:
+    """atomica-ray's version and those of the libraries it runs on (from package metadata: nothing imported)."""
+    from importlib import metadata
+
+    from atomica_ray import __version__
+
+    parts = []
+    for dist in ("ray", "torch"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    return f"atomica-ray {__version__} ({', '.join(parts)}, Python {sys.version.split()[0]})"
+
+
+def top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atomica-ray", description="Train, tune and apply ATOMICA interface models on Ray.",
+        epilog="`atomica-ray COMMAND --help` describes a command and its options.")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser.print_help()
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        parser = top_parser()
+        if not argv or argv[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0
+        if argv[0] == "--version":
+            print(version_text())
+            return 0
+        guess = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        parser.print_usage(sys.stderr)
+        what = "option" if argv[0].startswith("-") else "command"
+        print(f"atomica-ray: error: unknown {what} '{argv[0]}' (commands: {', '.join(COMMANDS)}){hint}",
+              file=sys.stderr)
+        return 2
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
-    cmd = argparse.ArgumentParser(prog=f"atomica-ray {name}", description=COMMANDS[name][1])
+    cmd = argparse.ArgumentParser(prog=f"atomica-ray {name}", description=COMMANDS[name][1],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(cmd)
     args = cmd.parse_args(argv[1:])
+    args.argv = list(argv[1:])  # as typed: the command that resumes a run repeats it
     return int(module.run(args) or 0)
 
 

@@ -7,34 +7,36 @@ hyphens (`--max-n-vertex-per-gpu`). Precedence: defaults < --config YAML < flags
 ATOMICA scripts port by replacing `torchrun train.py` with `atomica-ray train` and `--gpu 0 1 2 3` with
 `--num-workers 4 --use-gpu`; `--save_dir` / `--run_name` name the run (like --storage-path / --name), and
 ATOMICA's `--num_workers` (DataLoader processes) sets `loader_workers`.
+
+Everything that can be checked before Ray starts is checked first (config, names, paths, storage, data, labels):
+a bad input ends in seconds with one line and exit code 2. A failed run ends with one line and the path of its
+log (exit 1); Ctrl-C stops the run, prints the command that resumes it, and exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import typing
 
-from atomica_ray.train.config import TrainConfig, load_yaml
+from atomica_ray.train.config import TrainConfig, bounds_text, load_yaml
 
-# config keys the command line does not expose as flags (reachable with --set)
-HIDDEN = {"crash_at_step", "nonfinite_steps"}
 # flag spellings that differ from "--key" / "--key-with-hyphens"
 SPELLINGS = {
     "num_workers": ["--num-workers"],  # Ray workers; ATOMICA's --num_workers means loader processes
-    "loader_workers": ["--loader-workers", "--loader_workers", "--num_workers"],
-    "use_gpu": ["--use-gpu", "--use_gpu"],
+    "loader_workers": ["--loader_workers", "--loader-workers", "--num_workers"],
+    "use_gpu": ["--use_gpu", "--use-gpu"],
 }
+EPILOG = ("Every config key above is also a YAML key of --config and a KEY of --set KEY=VALUE; each flag also "
+          "takes its hyphenated spelling (--max-epoch). `--print-config` prints the resolved config with these "
+          "descriptions.")
 
 
 def _flag_names(key: str) -> list[str]:
+    """The flag shown in --help first, then its other spellings (accepted, not shown)."""
     if key in SPELLINGS:
         return SPELLINGS[key]
-    names = [f"--{key}"]
-    if "_" in key:
-        names.append(f"--{key.replace('_', '-')}")
-    return names
+    return [f"--{key}"] + ([f"--{key.replace('_', '-')}"] if "_" in key else [])
 
 
 def _scalar_type(type_):
@@ -42,36 +44,76 @@ def _scalar_type(type_):
     return args[0] if args else type_
 
 
+def _yaml_value(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").removesuffix("...").strip()
+
+
+def key_help(d: dict, metavar: str) -> str:
+    """One line: what the key does, its bounds (unless the metavar lists the choices), its default."""
+    bounds = bounds_text(d) if not (d.get("choices") and "|" in metavar) else ""
+    return f"{d['help']} [{bounds + '; ' if bounds else ''}default {_yaml_value(d['default'])}]"
+
+
+def _metavar(d: dict) -> str:
+    if d.get("choices"):
+        text = "|".join("null" if c is None else str(c) for c in d["choices"])
+        return text if len(text) <= 24 else "NAME"
+    return _scalar_type(d["type"]).__name__.upper()
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, what: str = "run") -> argparse._ArgumentGroup:
+    """Options shared by train and tune: where the run goes, which Ray, how much output."""
+    run = parser.add_argument_group(what)
+    run.add_argument("--storage-path", "--storage_path", "--save_dir", dest="storage_path", default=None,
+                     help=f"where {what}s are stored (local dir, NFS, s3://...; default ~/atomica-ray-runs)")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster to connect to (e.g. ray://head:10001 or auto); default: the job's cluster "
+                          "under `ray job submit`, else a new local Ray on 127.0.0.1")
+    run.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a new local Ray")
+    run.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                     help="start a new local Ray without its dashboard")
+    run.add_argument("--verbose", "-v", action="store_true",
+                     help="also show Ray's own output and full tracebacks (always in the run's log file)")
+    return run
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    run = parser.add_argument_group("run")
-    run.add_argument("--config", help="YAML file of TrainConfig keys")
+    parser.epilog = EPILOG
+    parser.usage = ("atomica-ray train [--config FILE] [--set KEY=VALUE ...] [--name NAME] [--storage-path DIR]\n"
+                    "                         [--KEY VALUE ...] [--print-config] [--verbose]")
+    run = add_run_arguments(parser)
+    run.add_argument("--config", help="YAML file of config keys")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one config key (repeatable); the value is parsed as YAML")
     run.add_argument("--name", "--run_name", "--run-name", dest="name", default=None,
-                     help="run name; relaunching with the same name and storage path resumes the run")
-    run.add_argument("--storage-path", "--storage_path", "--save_dir", dest="storage_path", default=None,
-                     help="where runs are stored (local dir, NFS, s3://...; default ~/atomica-ray-runs)")
-    run.add_argument("--address", default=None,
-                     help="Ray cluster to connect to (e.g. ray://head:10001 or auto); default: the job's cluster "
-                          "under `ray job submit`, else a new local Ray")
-    run.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a new local Ray")
+                     help="run name, one path component; relaunching with the same name and storage path resumes "
+                          "the run (default: <task>-<date>-<time>)")
     run.add_argument("--gpus", "--gpu", dest="gpus", type=int, nargs="+", default=argparse.SUPPRESS,
                      help="ATOMICA's GPU list: N ids mean --num-workers N --use-gpu; -1 means CPU")
-    run.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
+    run.add_argument("--print-config", action="store_true",
+                     help="print the resolved config (YAML, each key described) and exit")
 
-    keys = parser.add_argument_group("config keys (TrainConfig)")
-    for key, type_ in TrainConfig.field_types().items():
-        if key in HIDDEN:
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key, d in TrainConfig.describe().items():
+        if d["hidden"]:
             continue
-        default = getattr(TrainConfig(), key)
-        help_ = f"(default: {default})"
-        base = _scalar_type(type_)
-        if base is bool:
-            keys.add_argument(*_flag_names(key), dest=key, action=argparse.BooleanOptionalAction,
-                              default=argparse.SUPPRESS, help=help_)
+        if d["section"] not in groups:
+            groups[d["section"]] = parser.add_argument_group(f"config keys: {d['section']}")
+        group, (shown, *others) = groups[d["section"]], _flag_names(key)
+        metavar = _metavar(d)
+        if _scalar_type(d["type"]) is bool:
+            group.add_argument(shown, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=key_help(d, metavar))
+            for other in others:
+                group.add_argument(other, dest=key, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
-            keys.add_argument(*_flag_names(key), dest=key, type=str, default=argparse.SUPPRESS,
-                              metavar=base.__name__.upper(), help=help_)
+            group.add_argument(shown, dest=key, type=str, default=argparse.SUPPRESS, metavar=metavar,
+                               help=key_help(d, metavar))
+            for other in others:
+                group.add_argument(other, dest=key, type=str, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
@@ -91,49 +133,35 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def config_yaml(cfg: TrainConfig) -> str:
+    """The config as YAML, grouped by section, every key with its description as a comment."""
+    lines, section = [], None
+    values = cfg.to_dict()
+    described = TrainConfig.describe()
+    width = max(len(f"{k}: {_yaml_value(v)}") for k, v in values.items())
+    for key, d in described.items():
+        if d["section"] != section:
+            section = d["section"]
+            lines.append(f"{'' if not lines else chr(10)}# --- {section}")
+        text = f"{key}: {_yaml_value(values[key])}"
+        bounds = bounds_text(d)
+        lines.append(f"{text:<{min(width, 48)}}  # {d['help']}" + (f" ({bounds})" if bounds else ""))
+    return "\n".join(lines) + "\n"
+
+
+def usage_error(command: str, error: BaseException) -> int:
+    print(f"atomica-ray {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = resolve_config(args)
     except (ValueError, FileNotFoundError) as error:
-        print(f"atomica-ray train: {error}", file=sys.stderr)
-        return 2
+        return usage_error("train", error)
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        print(config_yaml(cfg), end="")
         return 0
-
     from atomica_ray.train import launch
 
-    try:
-        launch.check_inputs(cfg)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"atomica-ray train: {error}", file=sys.stderr)
-        return 2
-    import ray.train
-
-    try:
-        result = launch.run(cfg, name=args.name, storage_path=args.storage_path, address=args.address,
-                            num_cpus=args.num_cpus)
-    except ray.train.TrainingFailedError as error:
-        print(f"atomica-ray train: training failed: {error}", file=sys.stderr)
-        return 1
-    print_summary(result, cfg)
-    return 0
-
-
-def print_summary(result, cfg: TrainConfig) -> None:
-    from atomica_ray.tasks import get_task
-
-    task = get_task(cfg.task)
-    print(f"run directory: {result.path}")
-    if result.checkpoint is not None:
-        print(f"latest checkpoint: {result.checkpoint.path}")
-    best = None
-    if cfg.valid_set and result.best_checkpoints:
-        best = result.get_best_checkpoint(task.selection_metric, task.mode)
-    if best is not None:
-        print(f"best checkpoint ({task.selection_metric}, {task.mode}): {best.path}")
-    if result.metrics:
-        shown = {k: v for k, v in result.metrics.items() if k.startswith("val_") or k in ("epoch", "train_loss")}
-        print("final metrics: " + json.dumps(shown, default=str))
+    return launch.main("train", cfg, args)

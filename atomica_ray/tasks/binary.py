@@ -6,7 +6,7 @@ AUPRC logged (and AUPRC minus the positive rate, `val_delta_auprc`).
 
 from __future__ import annotations
 
-from atomica_ray.tasks.spec import Task, structure_inputs
+from atomica_ray.tasks.spec import Task, labels_within, structure_inputs
 from atomica_ray.train import metrics as M
 
 
@@ -42,4 +42,5 @@ BINARY = Task(
     optimizer="adamw",
     scheduler="exp_decay",
     prediction_keys=("prob",),
+    check_labels=labels_within(0, 1, "a binary label (0 or 1, or a probability in between)"),
 )

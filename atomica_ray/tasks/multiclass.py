@@ -6,7 +6,7 @@ per-class AUPRC logged (here their mean, `val_macro_auprc`).
 
 from __future__ import annotations
 
-from atomica_ray.tasks.spec import Task, structure_inputs
+from atomica_ray.tasks.spec import Task, labels_within, structure_inputs
 from atomica_ray.train import metrics as M
 
 
@@ -24,6 +24,11 @@ def compute_metrics(r):
     }
 
 
+def check_labels(labels, cfg):
+    n = cfg.num_classifier_classes
+    return labels_within(0, n - 1, f"a class index 0..{n - 1} (num_classifier_classes {n})")(labels, cfg)
+
+
 MULTICLASS = Task(
     name="multiclass_classifier",
     model_class="MultiClassClassifierModel",
@@ -36,4 +41,5 @@ MULTICLASS = Task(
     optimizer="adamw",
     scheduler="exp_decay",
     prediction_keys=("prob",),
+    check_labels=check_labels,
 )

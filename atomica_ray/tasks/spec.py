@@ -33,6 +33,21 @@ class Task:
     optimizer: str  # "adam" | "adamw" (ATOMICA's trainer for the task)
     scheduler: str  # "exp_decay" | "cosine_restarts"
     prediction_keys: tuple[str, ...] = ()  # records written by `atomica-ray predict` (besides label)
+    # The driver's check of a dataset's labels before Ray starts: (labels [n_items] as the data kind reads them,
+    # cfg) -> None, or (index of the first bad item, what is wrong with its label). None: any number will do.
+    check_labels: Callable[["np.ndarray", "TrainConfig"], tuple[int, str] | None] | None = None
+
+
+def labels_within(low: float, high: float, what: str):
+    """A `check_labels` for labels that must lie in [low, high]."""
+
+    def check(labels, cfg):
+        import numpy as np
+
+        bad = np.flatnonzero((labels < low) | (labels > high))
+        return (int(bad[0]), f"{labels[bad[0]]:g} is not {what}") if len(bad) else None
+
+    return check
 
 
 def encoder_kwargs(cfg: "TrainConfig") -> dict[str, Any]:

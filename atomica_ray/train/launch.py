@@ -1,20 +1,31 @@
-"""The TorchTrainer around the loop, and `run(cfg)` for the command line.
+"""The driver: the TorchTrainer around the loop, a local Ray that starts and stays quiet, and `main` for the command
+line.
 
-`build_trainer` is what Tune's function trainable calls (with a TuneReportCallback); `run` connects to Ray (an
-existing cluster with `address`, the job's cluster inside `ray job submit`, else a new local one) and fits.
+`build_trainer` is what Tune's trial function calls too. `main` runs one `atomica-ray train`:
+
+1. driver-side checks (`preflight`): a bad input ends here, in one line, exit 2, nothing written;
+2. the console and the run's log file (`console.Console`), and the repair of an existing run directory (`rundir`);
+3. Ray: the job's cluster under `ray job submit`, `--address`, or a new local Ray bound to 127.0.0.1 (retried once,
+   without its dashboard, if it fails to start); then the resources the run asks for, checked before waiting;
+4. `fit`, whose every failure ends as one line (the cause, and where the full log is); Ctrl-C aborts the run
+   cleanly and prints the command that resumes it (exit 130).
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import os
+import shlex
+import sys
 import time
+import traceback
 from pathlib import Path
 
-from atomica_ray.tasks import get_task
 from atomica_ray.train.config import TrainConfig
+from atomica_ray.train.errors import InputError, Interrupted, RunFailed, cause_of
 
 DEFAULT_STORAGE = "~/atomica-ray-runs"
+RESOURCE_WAIT_S = 300.0  # how long to wait for an autoscaling cluster to provide what a run asks for
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -30,13 +41,17 @@ def resolve_storage_path(path: str | None) -> str:
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """Fail on the driver, before any worker starts, when a path the run needs is missing."""
-    if not cfg.train_set:
-        raise ValueError("config: key 'train_set' is required (a Parquet dataset dir or an ATOMICA .pkl/.jsonl.gz)")
-    for key in ("train_set", "valid_set", "pretrain_config", "pretrain_weights", "init_checkpoint"):
-        value = getattr(cfg, key)
-        if value and "://" not in value and not os.path.exists(value):
-            raise FileNotFoundError(f"config: key {key!r}: {value} does not exist")
+    """The driver-side checks of a config alone (paths, the checkpoint to start from, data and labels)."""
+    from atomica_ray.train import preflight
+
+    preflight.check_paths(cfg)
+    if cfg.pretrain_config:
+        preflight.check_pretrained(cfg)
+    if cfg.init_checkpoint and "://" not in cfg.init_checkpoint:
+        preflight.check_init_checkpoint(cfg)
+    for key, min_items in (("train_set", cfg.num_workers), ("valid_set", 1)):
+        if getattr(cfg, key) and "://" not in getattr(cfg, key):
+            preflight.check_data(cfg, key, min_items)
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -49,6 +64,13 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(**changes) if changes else cfg
 
 
+def worker_resources(cfg: TrainConfig) -> dict:
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    return resources
+
+
 def build_trainer(cfg: TrainConfig, run_name: str, storage_path: str | None = None, callbacks=()):
     """A `ray.train.torch.TorchTrainer` running `train_loop_per_worker` for this config.
 
@@ -58,20 +80,26 @@ def build_trainer(cfg: TrainConfig, run_name: str, storage_path: str | None = No
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from atomica_ray.tasks import get_task
     from atomica_ray.train.loop import train_loop_per_worker
+
+    class Trainer(TorchTrainer):
+        """Ctrl-C is the driver's: Ray Train's own handler would end the process with exit code 0."""
+
+        controller = None
+
+        def _register_sigint_handler(self, controller):
+            self.controller = controller
 
     cfg = absolute_paths(cfg)
     task = get_task(cfg.task)
     score = task.selection_metric if cfg.valid_set else None
-    resources = {"CPU": cfg.cpus_per_worker}
-    if cfg.use_gpu:
-        resources["GPU"] = 1
-    return TorchTrainer(
+    return Trainer(
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=worker_resources(cfg)),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=resolve_storage_path(storage_path),
@@ -86,6 +114,23 @@ def build_trainer(cfg: TrainConfig, run_name: str, storage_path: str | None = No
     )
 
 
+def fit(trainer):
+    """`trainer.fit()`; on Ctrl-C the run is aborted (its workers stopped) before KeyboardInterrupt goes on."""
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        import ray
+
+        if getattr(trainer, "controller", None) is not None:
+            try:
+                ray.get(trainer.controller.abort.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - the controller exits while answering; nothing else to do
+                pass
+        raise
+
+
+# --- a local Ray -----------------------------------------------------------------------------------------------------
+
 def free_port() -> int:
     import socket
 
@@ -94,47 +139,110 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def _dashboard_packages() -> str | None:
+    """None if Ray can start its dashboard here, else why not (ray[default]'s extra packages are missing)."""
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401
+    except ImportError as error:
+        return str(error)
+    return None
+
+
+def start_local_ray(num_cpus: int | None = None, dashboard: bool = True, say=print) -> str:
+    """A new Ray on this machine only; returns a line describing it.
+
+    Loopback everywhere: Ray binds its gRPC servers (GCS, raylet, workers), agents and metrics exporters to its
+    node address, and to every interface unless that address is loopback; `ray.init` turns a 127.0.0.1 node address
+    into the machine's, but Ray's single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, the default on macOS
+    and Windows) keeps it 127.0.0.1 (ray._private.services.get_node_ip_address). The dashboard, the GCS port and the
+    state API address are pinned in the environment the Ray processes inherit: Ray Train's placement-group cleaner
+    looks its cluster up by address, and with other Ray instances on the machine it would find the wrong one.
+
+    A start that fails (on a busy machine: the dashboard, or the node, timing out) is retried once without the
+    dashboard, saying so.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by the processes Ray starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process may have imported Ray before
+    missing = _dashboard_packages() if dashboard else None
+    if missing:
+        say(f"local Ray without its dashboard: import ray.dashboard.optional_deps failed ({missing}); "
+            "pip install 'ray[default]' to have it")
+    attempts = [dashboard and not missing, False] if dashboard and not missing else [False]
+    for attempt, with_dashboard in enumerate(attempts):
+        dashboard_port, gcs_port = free_port(), free_port()
+        # Without a dashboard the state API address points at a closed port: the cleaner's queries then fail fast
+        # (in the log) instead of reaching another cluster's dashboard.
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
+        try:
+            context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=with_dashboard,
+                               dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
+        except Exception as error:  # noqa: BLE001 - any failure to start is retried once, then reported
+            ray.shutdown()
+            forget_local_ray()
+            reason = " ".join(str(error).split())[:300]
+            if attempt + 1 == len(attempts):
+                raise RunFailed(f"could not start a local Ray: {type(error).__name__}: {reason}") from error
+            say(f"local Ray did not start ({type(error).__name__}: {reason}); retrying without its dashboard")
+            continue
+        cpus = ray.cluster_resources().get("CPU", 0)
+        url = str(context.dashboard_url or "").removeprefix("http://")
+        where = f"dashboard http://{url}" if with_dashboard and url else "no dashboard"
+        return f"local Ray on 127.0.0.1: {cpus:g} CPUs, {where}"
+    raise AssertionError("unreachable")
+
+
+def forget_local_ray() -> None:
+    """Drop the addresses `start_local_ray` exported, so that a later Ray in this process is not pointed at it."""
+    for key in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_API_SERVER_ADDRESS"):
+        os.environ.pop(key, None)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True, say=print) -> str | None:
     """Connect to `address`, or to the cluster this process already belongs to (a `ray job submit` driver has
-    RAY_ADDRESS set), or start a local Ray (with its dashboard when Ray's dashboard packages are installed)."""
+    RAY_ADDRESS set), or start a local Ray. Returns a line describing a new local Ray (None otherwise)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
-        return
-    try:  # what Ray itself imports to decide whether it can start a dashboard (ray[default]'s extra packages)
-        import ray.dashboard.optional_deps  # noqa: F401
-    except ImportError as error:
-        # A minimal install (ray[train,tune] without "default") trains fine; ray.init(include_dashboard=True)
-        # would raise "Cannot include dashboard with missing packages".
-        logging.getLogger(__name__).warning(
-            "atomica-ray: starting a local Ray without its dashboard (import ray.dashboard.optional_deps failed: "
-            "%s); lost: the dashboard and the state API (ray list/summary, job submission), so Ray Train's "
-            "placement-group cleaner has no state API to ask (it logs 'Failed to query Ray Train Controller actor "
-            "state' about once a second: harmless). pip install 'ray[default]' to keep them.", error)
-        # Pinned to a closed port: left to auto-detection, the cleaner could ask another local cluster's dashboard,
-        # miss this run's controller there and remove its placement group.
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{free_port()}"
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
-        return
-    # A new local Ray. Ray Train's placement-group cleaner finds "its" cluster's state API by auto-detection, which
-    # picks another cluster when several run on one machine, misses the controller there and removes this run's
-    # placement group. Pin it: a known dashboard port, exported before the workers are spawned.
-    port = free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
+        return None
+    return start_local_ray(num_cpus, dashboard, say)
 
 
-def run(cfg: TrainConfig, name: str | None = None, storage_path: str | None = None, address: str | None = None,
-        num_cpus: int | None = None):
-    """Fit one run and return its `ray.train.Result` (raises `ray.train.TrainingFailedError` on failure)."""
-    check_inputs(cfg)
-    cfg = absolute_paths(cfg)
-    init_ray(address, num_cpus if num_cpus is not None else local_cpus_needed(cfg))
-    trainer = build_trainer(cfg, name or default_run_name(cfg), storage_path)
-    return trainer.fit()
+def check_resources(per_worker: dict, count: int, local: bool, wait_s: float = RESOURCE_WAIT_S, say=print) -> None:
+    """Fail, rather than wait forever, when the cluster cannot place `count` workers of `per_worker` resources:
+    at once on a local Ray (nothing will join it), within `wait_s` on a cluster (its autoscaler may add nodes)."""
+    import ray
+
+    def placeable() -> int:
+        n = 0
+        for node in ray.nodes():
+            if node.get("Alive"):
+                have = node.get("Resources", {})
+                n += min(math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in per_worker.items() if v > 0)
+        return n
+
+    if placeable() >= count:
+        return
+    deadline = time.monotonic() + (0 if local else wait_s)
+    if not local:
+        say(f"waiting up to {wait_s:.0f} s for the cluster to provide {count} x {per_worker} (an autoscaler may "
+            "add nodes)")
+    while time.monotonic() < deadline:
+        time.sleep(5)
+        if placeable() >= count:
+            return
+    present = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU") or k in per_worker}
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    hint = "; without --use-gpu it trains on CPUs" if per_worker.get("GPU") and not present.get("GPU") else ""
+    raise InputError(f"the cluster cannot run {count} worker(s) of {per_worker}: it has {present} on {nodes} "
+                     f"node(s){'' if local else f' after {wait_s:.0f} s'}{hint}")
 
 
 def local_cpus_needed(cfg: TrainConfig) -> int | None:
@@ -142,3 +250,151 @@ def local_cpus_needed(cfg: TrainConfig) -> int | None:
     need = int(cfg.num_workers * cfg.cpus_per_worker + 0.999)
     have = os.cpu_count() or 1
     return need if need > have else None
+
+
+def run(cfg: TrainConfig, name: str | None = None, storage_path: str | None = None, address: str | None = None,
+        num_cpus: int | None = None, dashboard: bool = True):
+    """Check, connect and fit one run; returns its `ray.train.Result` (the Python API of `atomica-ray train`)."""
+    from atomica_ray.train import preflight, rundir
+
+    name = name or default_run_name(cfg)
+    storage = resolve_storage_path(storage_path)
+    preflight.check_train(cfg, name, storage)
+    cfg = absolute_paths(cfg)
+    rundir.repair(join(storage, name))
+    local = init_ray(address, num_cpus if num_cpus is not None else local_cpus_needed(cfg), dashboard) is not None
+    check_resources(worker_resources(cfg), cfg.num_workers, local)
+    return fit(build_trainer(cfg, name, storage))
+
+
+# --- `atomica-ray train` -------------------------------------------------------------------------------------------
+
+def join(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}" if "://" in storage else str(Path(storage) / name)
+
+
+def log_path_for(storage: str, name: str) -> Path:
+    """The run's log file: in its run directory, or in ~/atomica-ray-runs/<name>/ when storage is remote."""
+    from atomica_ray.train.console import LOG_NAME
+
+    base = Path(join(storage, name)) if "://" not in storage else Path.home() / "atomica-ray-runs" / name
+    return base / LOG_NAME
+
+
+def resume_command(command: str, argv: list[str], name: str, storage: str) -> str:
+    """The command line that continues this run: the same arguments, with its name and storage made explicit."""
+    args = list(argv)
+    flags = {a.split("=", 1)[0] for a in args}
+    if not flags & {"--name", "--run_name", "--run-name"}:
+        args += ["--name", name]
+    if not flags & {"--storage-path", "--storage_path", "--save_dir"}:
+        args += ["--storage-path", storage]
+    return shlex.join(["atomica-ray", command, *args])
+
+
+def report_failure(console, command: str, error: BaseException, verbose: bool) -> int:
+    """The one error path: the cause on one line, the traceback in the log (and on the console with --verbose)."""
+    text = "".join(traceback.format_exception(error))
+    console.note(text)
+    if verbose:
+        console.line(text.rstrip(), err=True)
+    if isinstance(error, InputError):
+        console.line(f"atomica-ray {command}: error: {error}", err=True)
+        return 2
+    cause = error.cause if isinstance(error, RunFailed) else cause_of(error)
+    console.line(f"atomica-ray {command}: error: {cause} (full log: {console.log_path})", err=True)
+    return 1
+
+
+def summary(console, result, cfg: TrainConfig, seconds: float) -> None:
+    from atomica_ray.tasks import get_task
+    from atomica_ray.train.checkpoint import HISTORY_FILE
+
+    task = get_task(cfg.task)
+    epochs = [e for e in console.events if e.get("kind") == "epoch"]
+    start = console.last("start") or {}
+    rows = [("run directory", str(result.path))]
+    best = None
+    if cfg.valid_set and result.best_checkpoints:
+        best = result.get_best_checkpoint(task.selection_metric, task.mode)
+    if best is not None:
+        metrics = next((m for c, m in result.best_checkpoints if c.path == best.path), {})
+        value = metrics.get(task.selection_metric)
+        rows.append(("best checkpoint", f"{best.path} ({task.selection_metric} {value:.4g}, epoch "
+                                        f"{metrics.get('epoch')})" if isinstance(value, float) else best.path))
+    if result.checkpoint is not None:
+        rows.append(("latest checkpoint", str(result.checkpoint.path)))
+    run_dir = start.get("run_dir") or str(result.path)
+    rows.append(("metrics", str(Path(run_dir) / HISTORY_FILE)))
+    rows.append(("TensorBoard", f"tensorboard --logdir {start['tensorboard']}" if start.get("tensorboard")
+                 else "off (tensorboard: false)"))
+    rows.append(("wandb", start.get("wandb") or "off (use_wandb: false)"))
+    rows.append(("log", str(console.log_path)))
+    last = epochs[-1] if epochs else {}
+    console.line(f"finished in {seconds:.0f} s: {len(epochs)} epoch(s) this launch"
+                 + (f", last epoch {last['epoch']}" if last else "")
+                 + (" (stopped early)" if last.get("stopped_early") else ""))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        console.line(f"  {key:<{width}}  {value}")
+    if result.metrics:
+        shown = {k: v for k, v in result.metrics.items() if k.startswith("val_") or k in ("epoch", "train_loss")}
+        console.note(f"final metrics: {shown}")
+
+
+def main(command: str, cfg: TrainConfig, args) -> int:
+    """`atomica-ray train` after its config is resolved; returns the exit code."""
+    from atomica_ray.train import preflight, rundir
+    from atomica_ray.train.console import Console
+
+    name = args.name or default_run_name(cfg)
+    storage = resolve_storage_path(args.storage_path)
+    try:
+        preflight.check_train(cfg, name, storage)
+    except InputError as error:
+        print(f"atomica-ray {command}: error: {error}", file=sys.stderr)
+        return 2
+    cfg = absolute_paths(cfg)
+    started = time.monotonic()
+    resume = resume_command(command, getattr(args, "argv", []), name, storage)
+    we_started_ray = False
+    with Console(command, log_path_for(storage, name), args.verbose, cfg.progress_bar) as console:
+        try:
+            console.line(f"run {name}: {join(storage, name)}")
+            for note in rundir.repair(join(storage, name)):
+                console.line(note)
+            num_cpus = args.num_cpus if args.num_cpus is not None else local_cpus_needed(cfg)
+            described = init_ray(args.address, num_cpus, args.dashboard, say=console.line)
+            we_started_ray = described is not None
+            if described:
+                console.line(described)
+            console.attach_ray()
+            check_resources(worker_resources(cfg), cfg.num_workers, we_started_ray, say=console.line)
+            console.line(f"{cfg.task}: {cfg.num_workers} worker(s) ({'GPU' if cfg.use_gpu else 'CPU'}), "
+                         f"max_epoch {cfg.max_epoch}; log: {console.log_path}")
+            result = fit(build_trainer(cfg, name, storage))
+        except KeyboardInterrupt:
+            console.note(traceback.format_exc())
+            if "://" not in storage:
+                rundir.remove_partial_checkpoints(Path(join(storage, name)))
+            done = console.last("epoch")
+            after = f" after epoch {done['epoch']}" if done else ""
+            console.line(f"interrupted{after}: the run keeps its checkpoints; resume it with", err=True)
+            console.line(f"  {resume}", err=True)
+            return Interrupted.exit_code
+        except BaseException as error:  # noqa: BLE001 - the one error path
+            if "://" not in storage:
+                rundir.remove_partial_checkpoints(Path(join(storage, name)))
+            return report_failure(console, command, error, args.verbose)
+        finally:
+            if we_started_ray:
+                shutdown_ray()
+        summary(console, result, cfg, time.monotonic() - started)
+    return 0
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+    forget_local_ray()

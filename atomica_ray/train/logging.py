@@ -1,4 +1,5 @@
-"""Run logging from rank 0: metrics history (JSONL), TensorBoard scalars, wandb, a progress bar.
+"""Run logging from rank 0: metrics history (JSONL), TensorBoard scalars, wandb. (What people see on the console
+travels as events: `train.console`.)
 
 Ray keeps no history of metrics reported without a checkpoint, so every report is appended to
 `<run dir>/metrics_history.jsonl` (and a copy travels inside each checkpoint; a resumed run rewrites the file from
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -118,15 +118,17 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log({f"report/{k}": v for k, v in numbers.items()}, step=step)
 
-    def progress(self, total: int, initial: int, desc: str):
-        """A tqdm bar over the batches of an epoch (None off rank 0 or when disabled)."""
-        if not (self.enabled and self.cfg.progress_bar):
-            return None
-        from tqdm import tqdm
+    @property
+    def tensorboard_dir(self) -> str | None:
+        return str(self.run_dir / "tensorboard") if self.tb is not None else None
 
-        # Ray forwards worker output line by line: without a terminal, redraw rarely
-        interval = 0.1 if sys.stderr.isatty() else 30.0
-        return tqdm(total=total, initial=initial, desc=desc, mininterval=interval, dynamic_ncols=True)
+    @property
+    def wandb_where(self) -> str | None:
+        """The wandb run's page (online) or local directory (offline)."""
+        if self.wandb is None:
+            return None
+        url = getattr(self.wandb, "url", None)
+        return url or f"offline run {self.wandb_id} in {getattr(self.wandb, 'dir', self.run_dir)} (wandb sync)"
 
     def close(self) -> None:
         if self.tb is not None:

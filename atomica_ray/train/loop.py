@@ -7,8 +7,14 @@ rank computes the same metrics and takes the same early-stopping decision), then
 checkpoints, with the batch position) also happen inside an epoch.
 
 Resuming: `ray.train.get_checkpoint()` (a worker-group restart under FailureConfig, or a relaunch with the same
-storage path and name) restores everything, so the run continues at the next batch as if nothing happened.
-`init_checkpoint` starts a new run from another run's checkpoint, with this config's hyperparameters.
+storage path and name) restores everything, so the run continues at the next batch as if nothing happened. The
+checkpoint is verified against its manifest first; a damaged one gives way to the newest intact one, and the
+console says so. `init_checkpoint` starts a new run from another run's checkpoint, with this config's
+hyperparameters.
+
+Rank 0 writes each checkpoint under a temporary name and renames it when complete (`_checkpoint`); people see the
+run through events sent to the driver's console (`console.emit`), not through prints. In a sweep, workers wait
+after each epoch for Tune's decision (`_tune_decision`), so a trial the scheduler stops trains no further epoch.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,12 +39,14 @@ from atomica_ray.tasks import get_task
 from atomica_ray.tasks.spec import Task, encoder_kwargs
 from atomica_ray.train import dist
 from atomica_ray.train.checkpoint import (
-    TrainState, model_files, read_history, read_train_state, rng_state, set_rng_state, write_checkpoint,
+    TMP_PREFIX, TrainState, model_files, newest_intact, publish_checkpoint, read_history, read_train_state,
+    rng_state, set_rng_state, verify_checkpoint, write_checkpoint, write_manifest,
 )
 from atomica_ray.train.config import ATOMICA_SEED, TrainConfig
+from atomica_ray.train.console import Progress, emit
 from atomica_ray.train.ema import EMA
 from atomica_ray.train.logging import RunLogger
-from atomica_ray.train.schedule import apply_hparams, build_optimizer, lr_at
+from atomica_ray.train.schedule import apply_hparams, build_optimizer, lr_at, stretch
 
 PRETRAIN_TASKS = ("pretrain_torsion", "pretrain_gaussian", "pretrain_torsion_masking", "masking")
 
@@ -112,19 +122,28 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def local_run_dir(name: str) -> Path:
-    """Where rank 0 writes the metrics history and logs: the Ray run directory when storage is local, else
-    ~/atomica-ray-runs/<name> on rank 0's node."""
+def storage_is_local() -> bool:
     import pyarrow.fs
     import ray.train
 
-    storage = ray.train.get_context().get_storage()
-    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
-        return Path(storage.experiment_fs_path)
+    return isinstance(ray.train.get_context().get_storage().storage_filesystem, pyarrow.fs.LocalFileSystem)
+
+
+def local_run_dir(name: str) -> Path:
+    """Where rank 0 writes the metrics history and logs: the Ray run directory when storage is local, else
+    ~/atomica-ray-runs/<name> on rank 0's node."""
+    import ray.train
+
+    if storage_is_local():
+        return Path(ray.train.get_context().get_storage().experiment_fs_path)
     return Path.home() / "atomica-ray-runs" / name
 
 
 class BadStepsError(RuntimeError):
+    pass
+
+
+class CheckpointWriteError(RuntimeError):
     pass
 
 
@@ -162,9 +181,12 @@ class WorkerRun:
         self.window, self.last_loss = [0.0, 0.0], float("nan")
         history: list[dict] = []
 
+        self.resumed_from = None
         if resume is not None:
             with resume.as_directory() as path:
-                history = self._restore(Path(path), same_run=True)
+                path = self._intact(Path(path))
+                self.resumed_from = path.name
+                history = self._restore(path, same_run=True)
         elif donor:
             self._restore(Path(donor), same_run=False)
             seed_all(cfg.seed + 1000 * self.rank)
@@ -181,14 +203,42 @@ class WorkerRun:
         for spec in (self.train_spec, self.valid_spec):  # before epoch 0, not inside its first batch
             if spec is not None:
                 prepare_tables(spec)
+        n0 = len(self._train_loader(epoch=0, start_batch=0))
+        total_steps = cfg.max_epoch * math.ceil(n0 / cfg.grad_accum)
+        stretched = None
         if self.state.total_steps == 0:
-            n0 = len(self._train_loader(epoch=0, start_batch=0))
-            self.state.total_steps = cfg.max_epoch * math.ceil(n0 / cfg.grad_accum)
+            self.state.total_steps = total_steps
+        else:  # resumed, or started from a donor, with another max_epoch than the checkpoint's run
+            stretched = stretch(cfg, cfg.scheduler or self.task.scheduler, self.state, total_steps)
         self.logger = RunLogger(cfg, self.run_dir, self.name, enabled=self.rank == 0, history=history,
                                 wandb_id=self.state.wandb_id)
         self.state.wandb_id = self.logger.wandb_id
+        self.stop_requested = False  # a sweep's scheduler stopped this trial
+        if self.rank == 0:
+            emit("start", run=self.name, epoch=self.state.epoch, batch=self.state.batch, max_epoch=cfg.max_epoch,
+                 steps_per_epoch=n0, resumed_from=self.resumed_from, init_checkpoint=donor,
+                 run_dir=str(self.run_dir), tensorboard=self.logger.tensorboard_dir, wandb=self.logger.wandb_where)
+            if stretched:
+                emit("note", run=self.name, text=f"max_epoch is {cfg.max_epoch}: {stretched}")
 
     # -- checkpoints --
+
+    def _intact(self, path: Path) -> Path:
+        """`path` if its files match its manifest, else the newest intact checkpoint of the run (local storage)."""
+        why = verify_checkpoint(path)
+        if why is None:
+            return path
+        if not storage_is_local():
+            raise RuntimeError(f"checkpoint {path.name} is damaged ({why}); relaunch the run with the same name: "
+                               "the driver repairs the run directory")
+        alternative, broken = newest_intact(path.parent, skip={path.name})
+        if alternative is None:
+            raise RuntimeError(f"checkpoint {path.name} is damaged ({why}) and no intact checkpoint is left in "
+                               f"{path.parent}")
+        if self.rank == 0:
+            emit("note", run=self.name, text=f"checkpoint {path.name} is damaged ({why}); resuming from "
+                                             f"{alternative.name} instead")
+        return alternative
 
     def _restore(self, path: Path, same_run: bool) -> list[dict]:
         """Load a checkpoint. `same_run`: this run's own (counters, RNG, history); else a donor's (PBT): weights,
@@ -236,19 +286,79 @@ class WorkerRun:
             # A mid-epoch checkpoint is not validated (or validation gave no number): rank it below every
             # validated one. Ray needs a finite number (its checkpoint index stores NaN/inf as null, then fails).
             metrics = {**metrics, key: sys.float_info.max if self.task.mode == "min" else -sys.float_info.max}
-        checkpoint = None
-        if self.rank == 0:
-            from atomica_ray.models import save_atomica
-
-            tmp = tempfile.mkdtemp(prefix="atomica-ckpt-")
-            write_checkpoint(Path(tmp), model=self.model, save_atomica=save_atomica, optimizer=self.optimizer,
-                             scaler=self.scaler, ema=self.ema, state=self.state, rng_states=rngs,
-                             history=self.logger.history, config=self.cfg.to_dict())
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        # Ray copies the checkpoint to storage in a background thread while training goes on, then deletes `tmp`;
-        # the run's end waits for the last copy.
+        checkpoint, publish = (self._checkpoint(rngs, checkpoint_name) if self.rank == 0 else (None, None))
+        # Ray hands the checkpoint to `publish` (manifest, rename into place) in a background thread while training
+        # goes on, then registers it; the run's end waits for the last one.
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name,
-                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                         delete_local_checkpoint_after_upload=False, checkpoint_upload_fn=publish)
+
+    def _checkpoint(self, rngs: list, name: str):
+        """Rank 0: the checkpoint's files written now (the state must not move on while they are), under a
+        temporary name; and the function that completes it (manifest, then rename to `name`, or upload to object
+        storage) which Ray calls in the background. The temporary copy is removed on every path."""
+        import pyarrow.fs
+        import ray.train
+
+        from atomica_ray.models import save_atomica
+
+        storage = ray.train.get_context().get_storage()
+        local = storage_is_local()
+        if local:
+            run_dir = Path(storage.experiment_fs_path)
+            tmp = run_dir / f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+            where = run_dir
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix=f"atomica-ckpt-{os.getpid()}-"))
+            where = f"{storage.experiment_fs_path} (via {tmp})"
+        try:
+            write_checkpoint(tmp, model=self.model, save_atomica=save_atomica, optimizer=self.optimizer,
+                             scaler=self.scaler, ema=self.ema, state=self.state, rng_states=rngs,
+                             history=self.logger.history, config=self.cfg.to_dict(), manifest=False)
+        except BaseException as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(error, OSError):
+                raise CheckpointWriteError(f"could not write checkpoint {name} in {where}: {error.strerror or error}"
+                                           "; the earlier checkpoints are intact") from error
+            raise
+        state = self.state
+        info = dict(epoch=state.epoch if state.batch else state.epoch - 1, global_step=state.global_step)
+
+        def publish(checkpoint, dir_name):
+            try:
+                write_manifest(tmp, **info)
+                if local:
+                    final = run_dir / dir_name
+                    publish_checkpoint(tmp, final)
+                    return ray.train.Checkpoint(str(final))
+                dest = storage.build_checkpoint_path_from_name(dir_name)
+                fs = storage.storage_filesystem
+                fs.create_dir(dest, recursive=True)
+                files = sorted(p for p in tmp.rglob("*") if p.is_file())
+                for file in sorted(files, key=lambda p: p.name == "manifest.json"):  # the manifest last
+                    rel = file.relative_to(tmp).as_posix()
+                    pyarrow.fs.copy_files(str(file), f"{dest}/{rel}", destination_filesystem=fs)
+                return ray.train.Checkpoint(dest, filesystem=fs)
+            except OSError as error:
+                raise CheckpointWriteError(f"could not write checkpoint {dir_name} in {where}: "
+                                           f"{error.strerror or error}; the earlier checkpoints are intact") from error
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+        return ray.train.Checkpoint.from_directory(str(tmp)), publish
+
+    def _tune_decision(self, epoch: int) -> None:
+        """In a sweep: wait until Tune has decided whether this trial goes on after `epoch` (the trial passes the
+        decision through its gate actor), so a stopped trial starts no other epoch."""
+        import ray
+
+        from atomica_ray.tune.gate import gate_handle
+
+        try:
+            go_on = ray.get(gate_handle(self.cfg.trial_gate).decision.remote(epoch))
+        except ray.exceptions.RayActorError:  # the trial is being torn down
+            go_on = False
+        self.stop_requested = not go_on
 
     # -- data --
 
@@ -263,7 +373,7 @@ class WorkerRun:
 
     def fit(self) -> None:
         try:
-            while self.state.epoch < self.cfg.max_epoch and not self.state.stopped_early:
+            while self.state.epoch < self.cfg.max_epoch and not (self.state.stopped_early or self.stop_requested):
                 self.train_epoch()
         finally:
             self.logger.close()
@@ -273,7 +383,7 @@ class WorkerRun:
         self.epoch_start = time.perf_counter()
         loader = self._train_loader(st.epoch, st.batch)
         n, accum = len(loader), cfg.grad_accum
-        bar = self.logger.progress(n, st.batch, f"epoch {st.epoch}")
+        bar = Progress(self.name, st.epoch, n, st.batch) if self.rank == 0 and cfg.progress_bar else None
         group = defaultdict(float)  # oom / nonfinite / loss_sum / loss_count of the current optimizer step
         self.window = [0.0, 0.0]  # loss sum and count of the settled steps since the last report
         self.model.train()
@@ -287,15 +397,12 @@ class WorkerRun:
             group.clear()
             st.batch = b + 1
             if bar is not None:  # the loss shown is the previous step's (settled without waiting)
-                bar.update(b + 1 - bar.n)
-                bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.lr:.2e}", refresh=False)
+                bar.update(b + 1, self.last_loss, self.lr)
             if cfg.report_every_steps and st.global_step % cfg.report_every_steps == 0 and b + 1 < n:
                 self._report(self._train_metrics(),
                              f"checkpoint_epoch{st.epoch:04d}_step{st.global_step:08d}")
                 self.window = [0.0, 0.0]
             self._maybe_crash()
-        if bar is not None:
-            bar.close()
         self.end_of_epoch()
 
     def _micro_step(self, batch, scale: float, group: dict) -> None:
@@ -329,7 +436,8 @@ class WorkerRun:
         flags = dist.reduce_step(self.params, group["oom"], group["nonfinite"], group["loss_sum"],
                                  group["loss_count"], self.device)
         self._settle()  # the previous step: its flags were computed long ago
-        self.lr = lr_at(st.global_step, cfg, cfg.scheduler or self.task.scheduler, st.total_steps)
+        self.lr = lr_at(st.global_step, cfg, cfg.scheduler or self.task.scheduler, st.total_steps,
+                        st.schedule_from_step, st.schedule_from_lr)
         apply_hparams(self.optimizer, cfg, self.lr)
         if self.scaler.is_enabled():
             grad_norm = torch.full((), float("nan"), device=self.device)  # of a skipped step
@@ -459,6 +567,17 @@ class WorkerRun:
         metrics["epoch"], metrics["batch"] = finished, 0
         metrics["stopped_early"] = st.stopped_early
         self._report(metrics, f"checkpoint_epoch{finished:04d}_step{st.global_step:08d}")
+        if self.rank == 0:
+            shown = {k: v for k, v in metrics.items() if k.startswith("val_") and not k.startswith("val_skipped")}
+            if metrics.get("val_skipped_oom"):
+                shown["val_skipped_oom"] = metrics["val_skipped_oom"]
+            emit("epoch", run=self.name, epoch=finished, max_epoch=cfg.max_epoch, train_loss=metrics["train_loss"]
+                 if math.isfinite(metrics["train_loss"]) else None, metrics=shown,
+                 selection_metric=self.task.selection_metric, best=st.best_metric,
+                 skipped=st.skipped_oom + st.skipped_nonfinite, stopped_early=st.stopped_early,
+                 seconds=time.perf_counter() - self.epoch_start)
+        if cfg.trial_gate and st.epoch < cfg.max_epoch and not st.stopped_early:
+            self._tune_decision(finished)
 
     def _early_stopping(self, value: float) -> None:
         """ATOMICA's rule: patience resets on improvement, else decreases; the first `warmup_epochs` epochs

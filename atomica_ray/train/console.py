@@ -1,0 +1,249 @@
+"""Our console, not Ray's: what a run shows the person who started it, and the log file that keeps the rest.
+
+Workers never print for people. Rank 0 sends *events* (`emit`): one line on its stdout, marked, holding JSON
+(run start, progress within an epoch, the epoch's metrics, notes such as "resumed from checkpoint X"). Ray
+forwards worker output to the driver; there `Console` takes Ray's place as the handler of that output
+(`ray._private.worker.global_worker_stdstream_dispatcher`, the one hook Ray has for it): events become our lines
+(an epoch line, a progress bar on a terminal), everything else Ray's processes print goes to the run's log file.
+The driver's own Ray chatter goes there too: Ray's loggers, Python warnings, and whatever Ray's C++ core writes
+to file descriptor 2. `--verbose` shows all of it on the console as well.
+
+Without a Console (the Python API, tests calling `build_trainer(...).fit()`), Ray prints the event lines as it
+prints any worker output; they stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+EVENT_MARK = "@atomica-ray@ "
+LOG_NAME = "atomica-ray.log"
+
+
+# --- worker side -----------------------------------------------------------------------------------------------
+
+def emit(kind: str, **fields) -> None:
+    """Send one event to the driver's console (rank 0 only, by the caller's choice). Written to the stream, not
+    printed: Ray Train's workers patch `print` to copy each line to their logger as well."""
+    sys.stdout.write(EVENT_MARK + json.dumps({"kind": kind, **fields}, default=str) + "\n")
+    sys.stdout.flush()
+
+
+class Progress:
+    """Progress events of one epoch, at most one every `interval` seconds (each crosses Ray's log path)."""
+
+    def __init__(self, run: str, epoch: int, total: int, initial: int, interval: float = 2.0):
+        self.run, self.epoch, self.total, self.interval = run, epoch, total, interval
+        self.last = time.monotonic()
+        emit("progress", run=run, epoch=epoch, batch=initial, total=total)
+
+    def update(self, batch: int, loss: float, lr: float) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            emit("progress", run=self.run, epoch=self.epoch, batch=batch, total=self.total,
+                 loss=loss if math.isfinite(loss) else None, lr=lr)
+
+
+# --- driver side -----------------------------------------------------------------------------------------------
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def epoch_line(e: dict) -> str:
+    """`epoch 3 (4/10)  train_loss 0.61  val_bce 0.55  val_auroc 0.81  best val_bce 0.55  12.3 s`"""
+    parts = [f"epoch {e['epoch']} ({e['epoch'] + 1}/{e['max_epoch']})"]
+    if e.get("train_loss") is not None:
+        parts.append(f"train_loss {fmt(e['train_loss'])}")
+    parts += [f"{k} {fmt(v)}" for k, v in e.get("metrics", {}).items() if v is not None]
+    if e.get("best") is not None:
+        parts.append(f"best {e['selection_metric']} {fmt(e['best'])}")
+    if e.get("skipped"):
+        parts.append(f"skipped steps {e['skipped']}")
+    parts.append(f"{e['seconds']:.1f} s")
+    if e.get("stopped_early"):
+        parts.append("(stopped early: no improvement)")
+    return "  ".join(parts)
+
+
+class Console:
+    """The driver's console and the run's log file. Use as a context manager around everything after the
+    driver-side checks; `attach_ray()` once Ray is initialised."""
+
+    def __init__(self, command: str, log_path: str | Path, verbose: bool = False, show_progress: bool = True):
+        self.command, self.verbose, self.show_progress = command, verbose, show_progress
+        self.log_path = Path(log_path)
+        self.events: list[dict] = []
+        self.bar = None
+        self.trial_lines = False  # tune: trial lines come from Tune's callbacks, not from worker epoch events
+        self._saved: dict = {}
+        self.out = sys.stdout
+        self.err = sys.stderr
+
+    # -- setup and teardown --
+
+    def __enter__(self) -> "Console":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.log_path, "a", buffering=1)
+        self.log.write(f"\n===== atomica-ray {self.command}, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+                       f"pid {os.getpid()} =====\n")
+        handler = logging.StreamHandler(self.log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler = handler
+        self._saved["ray_handlers"] = list(logging.getLogger("ray").handlers)
+        self._mute_ray_handlers()
+        for name in ("ray", "py.warnings", "atomica_ray"):
+            logging.getLogger(name).addHandler(handler)
+        logging.getLogger("atomica_ray").setLevel(logging.INFO)
+        logging.captureWarnings(True)
+        self._saved["showwarning"] = warnings.showwarning
+        if not self.verbose:
+            self._redirect_fd2()
+        return self
+
+    def _mute_ray_handlers(self) -> None:
+        """Ray's own console handlers off (not with --verbose): Ray's loggers reach the log through ours."""
+        if self.verbose:
+            return
+        ray_logger = logging.getLogger("ray")
+        for h in list(ray_logger.handlers):
+            if h is not getattr(self, "handler", None) and isinstance(h, logging.StreamHandler) \
+                    and not isinstance(h, logging.FileHandler):
+                ray_logger.removeHandler(h)
+
+    def _redirect_fd2(self) -> None:
+        """What Ray's C++ core (and anything else) writes to stderr goes to the log; our lines go to a copy of
+        the real stderr."""
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(self.log.fileno(), 2)
+        except (OSError, ValueError):  # no real fd 2 (e.g. an embedding host): leave it
+            return
+        self._saved["fd2"] = saved
+        self.err = os.fdopen(os.dup(saved), "w", buffering=1)
+
+    def __exit__(self, *exc) -> None:
+        self.close_bar()
+        self.detach_ray()
+        if "fd2" in self._saved:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(self._saved.pop("fd2"), 2)
+            self.err.close()
+            self.err = sys.stderr
+        for name in ("ray", "py.warnings", "atomica_ray"):
+            logging.getLogger(name).removeHandler(self.handler)
+        ray_logger = logging.getLogger("ray")
+        for h in self._saved.pop("ray_handlers", []):
+            if h not in ray_logger.handlers:
+                ray_logger.addHandler(h)
+        logging.captureWarnings(False)
+        self.log.close()
+
+    def attach_ray(self) -> None:
+        """Take over the printing of worker output from Ray."""
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+        self._mute_ray_handlers()  # ray.init may have added its handler again
+        self._dispatcher = dispatcher
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("atomica_ray_console", self.ray_output)
+        self._ray_print = ray_worker.print_to_stdstream
+
+    def detach_ray(self) -> None:
+        dispatcher = getattr(self, "_dispatcher", None)
+        if dispatcher is not None:
+            dispatcher.remove_handler("atomica_ray_console")
+            self._dispatcher = None
+
+    # -- output --
+
+    def line(self, text: str, err: bool = False) -> None:
+        """One of our lines: on the console and in the log."""
+        self.close_bar()
+        stream = self.err if err else self.out
+        print(text, file=stream, flush=True)
+        self.log.write(text + "\n")
+
+    def note(self, text: str) -> None:
+        self.log.write(text + "\n")
+
+    def ray_output(self, data: dict) -> None:
+        """Ray's handler of forwarded worker output (one batch of lines of one process)."""
+        source = data.get("actor_name") or data.get("task_name") or data.get("pid")
+        lines = data.get("lines", [])
+        if data.get("pid") == "autoscaler":  # its status tables every few seconds: the events only, as Ray does
+            from ray._private.worker import filter_autoscaler_events
+
+            lines = list(filter_autoscaler_events(lines))
+        for raw in lines:
+            if EVENT_MARK in raw:
+                try:
+                    event = json.loads(raw.split(EVENT_MARK, 1)[1])
+                except ValueError:
+                    event = None
+                if event is not None:
+                    self.log.write(f"[event] {raw.split(EVENT_MARK, 1)[1]}\n")
+                    self.on_event(event)
+                    continue
+            self.log.write(f"({source} pid={data.get('pid')}) {raw}\n")
+        if self.verbose:
+            lines = [ln for ln in data.get("lines", []) if EVENT_MARK not in ln]
+            if lines and data.get("pid") != "autoscaler":
+                self._ray_print({**data, "lines": lines}, ignore_prefix=False)
+
+    def on_event(self, e: dict) -> None:
+        kind = e.get("kind")
+        self.events.append(e)
+        if kind == "progress":
+            self.progress(e)
+        elif kind == "epoch" and not self.trial_lines:
+            self.line(epoch_line(e))
+        elif kind == "note" and not self.trial_lines:
+            self.line(e["text"])
+        elif kind == "start" and not self.trial_lines:
+            starts = [x for x in self.events if x.get("kind") == "start"]
+            if e.get("resumed_from"):
+                restarted = len(starts) > 1
+                self.line(("a worker failed (see the log); restarted " if restarted else "resuming ")
+                          + f"from {e['resumed_from']} (epoch {e['epoch']}, batch {e['batch']})")
+            elif e.get("init_checkpoint"):
+                self.line(f"starting from {e['init_checkpoint']} (this config's hyperparameters)")
+
+    # -- the progress bar (a terminal only: in a log file a bar is noise) --
+
+    def progress(self, e: dict) -> None:
+        if not (self.show_progress and not self.trial_lines and getattr(self.out, "isatty", lambda: False)()):
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.desc != f"epoch {e['epoch']}":
+            self.close_bar()
+            self.bar = tqdm(total=e["total"], initial=e["batch"], desc=f"epoch {e['epoch']}", file=self.out,
+                            leave=False, dynamic_ncols=True)
+        self.bar.update(e["batch"] - self.bar.n)
+        if e.get("loss") is not None:  # known only after the first step: no placeholder before
+            self.bar.set_postfix(loss=f"{e['loss']:.4f}", lr=f"{e['lr']:.2e}", refresh=False)
+        self.bar.refresh()
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def last(self, kind: str) -> dict | None:
+        return next((e for e in reversed(self.events) if e.get("kind") == kind), None)
