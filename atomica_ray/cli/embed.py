@@ -15,8 +15,6 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", help="an atomica-ray checkpoint dir (or a dir with config.json + weights)")
@@ -35,6 +33,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import torch  # here, not at import: `--help` answers without torch
+
     from atomica_ray.train import inference as inf
     from atomica_ray.train.loop import to_device
 

@@ -1,6 +1,8 @@
 """`atomica-ray inspect DIR`: item count, blocks / atoms per item (min / median / max), labels, modalities.
 
-Reads only dataset.json and the small size / label columns, so it is quick on any dataset size.
+Reads only dataset.json and the small size / label columns, so it is quick on any dataset size; opening the
+dataset checks each file's size and Parquet footer against dataset.json. `--verify` reads every byte: the
+checksums recorded at convert, and every coordinate finite. A broken file is named, with exit code 2.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from atomica_ray.data.vocab import MODALITIES
 def add_arguments(parser):
     parser.add_argument("path", metavar="DIR", help="Parquet dataset directory (from `atomica-ray convert`)")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    parser.add_argument("--verify", action="store_true",
+                        help="also read every file: checksums against dataset.json, finite coordinates")
 
 
 def _spread(x: np.ndarray) -> dict:
@@ -62,9 +66,34 @@ def _fmt(s: dict) -> str:
     return f"min {s['min']:g}, median {s['median']:g}, max {s['max']:g} (mean {s['mean']:.1f})"
 
 
+def finite_coordinates(ds: ParquetItems) -> None:
+    """Every coordinate finite: one vectorised pass over the X column, a row group at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for path in ds.files:
+        f = pq.ParquetFile(path)
+        start = 0
+        for g in range(f.num_row_groups):
+            column = f.read_row_group(g, columns=["X"]).column("X").combine_chunks()
+            bad = pc.invert(pc.is_finite(column.values))
+            if pc.any(bad).as_py():
+                values_per_item = np.diff(column.offsets.to_numpy())
+                first = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
+                row = int(np.searchsorted(np.cumsum(values_per_item), first, side="right"))
+                i = start + row
+                raise DataError(f"{path}, item {i} (id {ds[i]['id']!r}), field X: non-finite coordinate")
+            start += f.metadata.row_group(g).num_rows
+
+
 def run(args) -> int:
     try:
-        stats = dataset_stats(ParquetItems(args.path))
+        ds = ParquetItems(args.path)
+        stats = dataset_stats(ds)
+        if args.verify:
+            checked = ds.verify()
+            finite_coordinates(ds)
+            stats["verified"] = checked + ["coordinates: all finite"]
     except DataError as e:
         print(f"atomica-ray inspect: error: {e}", file=sys.stderr)
         return 2
@@ -90,4 +119,6 @@ def run(args) -> int:
              if stats["items_without_torsion_masks"] else ""))
     if stats["block_embeddings"]:
         print("block embeddings: " + ", ".join(f"{k} ({v})" for k, v in stats["block_embeddings"].items()))
+    for line in stats.get("verified", []):
+        print(f"verified: {line}")
     return 0

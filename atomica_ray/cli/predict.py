@@ -14,7 +14,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 # predict reads a model and a dataset exactly as embed does
 from atomica_ray.cli.embed import add_arguments  # noqa: F401
@@ -34,6 +33,8 @@ def has_labels(path: str, kind: str, fragmentation_method, allow_pickle: bool) -
 
 
 def run(args) -> int:
+    import torch  # here, not at import: `--help` answers without torch
+
     from atomica_ray.tasks import get_task
     from atomica_ray.train import inference as inf
     from atomica_ray.train.config import TrainConfig

@@ -6,7 +6,9 @@ A dataset is a directory:
     index.parquet   the size / label columns of every item in one row group: what batch planning reads
                     (about 50 bytes an item; 10 ms for 100k items, where the same columns spread over
                     items.parquet's thousands of row groups take seconds)
-    dataset.json    format name, schema version, item count, row groups, sources, summary statistics
+    dataset.json    format name, schema version, item count, row groups, sources, summary statistics, and the
+                    size and SHA-256 of each Parquet file (written at convert; sizes and row counts are checked
+                    whenever a dataset is opened, checksums by `atomica-ray inspect --verify`)
 
 Columns of items.parquet (schema version 1):
     id                                   string
@@ -32,6 +34,7 @@ conversion leaves nothing at the target and an existing dataset is replaced only
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -285,13 +288,15 @@ def write_dataset(
         finally:
             writer.close()
         if summary.n_items == 0:
-            raise DataError("no items to write: the sources are empty")
+            raise DataError(f"{out_dir}: no items to write (the sources are empty)")
         write_index(pa.concat_tables(index_parts), tmp)
         meta = {
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
             "n_items": summary.n_items,
-            "files": [{"name": ITEMS_FILE, "n_items": summary.n_items, "row_groups": summary.row_groups}],
+            "files": [{"name": ITEMS_FILE, "n_items": summary.n_items, "row_groups": summary.row_groups,
+                       **file_digest(os.path.join(tmp, ITEMS_FILE))}],
+            "index": {"name": INDEX_FILE, **file_digest(os.path.join(tmp, INDEX_FILE))},
             "embedding_dims": summary.embedding_dims,
             "max_block_type": summary.max_block_type,
             "label_kind": None if summary.n_labels == 0 else ("int" if summary.label_integral else "float"),
@@ -305,6 +310,12 @@ def write_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_digest(path: str) -> dict:
+    """{"size", "sha256"} of a file, as dataset.json records it."""
+    with open(path, "rb") as f:
+        return {"size": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
 
 def write_index(table: pa.Table, directory: str) -> None:
@@ -366,7 +377,13 @@ def convert(
             meta["ignored_keys"] = sorted(ignored)
         return meta
 
-    return write_dataset(pairs(), out_dir, row_group_items=row_group_items, overwrite=overwrite, extra_meta=extra_meta)
+    try:
+        return write_dataset(pairs(), out_dir, row_group_items=row_group_items, overwrite=overwrite,
+                             extra_meta=extra_meta)
+    except DataError as e:
+        if not meta_sources or any(s["n_items"] for s in meta_sources):
+            raise
+        raise DataError(f"{', '.join(sources)}: no items (an empty dataset)") from e
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -462,6 +479,7 @@ class ParquetItems:
             raise DataError(f"{meta_path}: schema version {self.meta.get('schema_version')} is not supported "
                             f"(this atomica-ray reads version {SCHEMA_VERSION}); re-run `atomica-ray convert`")
         self.files = [os.path.join(self.path, f["name"]) for f in self.meta["files"]]
+        self._check_files()
         # global item index -> (file, row group, row): cumulative starts of every row group
         starts, where = [0], []
         for fi, f in enumerate(self.meta["files"]):
@@ -476,6 +494,53 @@ class ParquetItems:
         self.cache_groups = cache_groups
         self._handles: dict[int, pq.ParquetFile] = {}
         self._cache: OrderedDict[tuple, _DecodedGroup] = OrderedDict()
+
+    def _recorded(self) -> list[tuple[str, dict]]:
+        """(path, what dataset.json says about it) for every Parquet file of the dataset."""
+        out = [(path, f) for path, f in zip(self.files, self.meta["files"])]
+        if "index" in self.meta:
+            out.append((os.path.join(self.path, self.meta["index"]["name"]), self.meta["index"]))
+        return out
+
+    def _check_files(self) -> None:
+        """Cheap checks at every open: each file is there, has the size recorded at convert, and a readable
+        footer whose row and row-group counts match dataset.json."""
+        for path, f in self._recorded():
+            if not os.path.isfile(path):
+                raise DataError(f"{path}: missing (listed in {META_FILE})")
+            size = os.path.getsize(path)
+            if "size" in f and size != f["size"]:
+                raise DataError(f"{path}: {size} bytes, {META_FILE} says {f['size']}: the file is truncated or "
+                                "was changed after `atomica-ray convert`")
+        for path, f in zip(self.files, self.meta["files"]):
+            try:
+                footer = pq.ParquetFile(path).metadata
+            except (OSError, pa.ArrowException) as e:
+                raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+            groups = [footer.row_group(i).num_rows for i in range(footer.num_row_groups)]
+            if groups != list(f["row_groups"]):
+                raise DataError(f"{path}: {footer.num_rows} rows in {len(groups)} row groups, {META_FILE} says "
+                                f"{f['n_items']} in {len(f['row_groups'])}")
+
+    def verify(self) -> list[str]:
+        """Every check there is, reading every byte: the open-time checks, checksums against dataset.json (for
+        datasets written before checksums, a full decode of every row group instead). Returns what was checked;
+        raises DataError naming the first broken file."""
+        checked = []
+        for path, f in self._recorded():
+            if "sha256" in f:
+                if file_digest(path)["sha256"] != f["sha256"]:
+                    raise DataError(f"{path}: its content does not match the checksum in {META_FILE}: the file "
+                                    "was damaged or changed after `atomica-ray convert`")
+                checked.append(f"{os.path.basename(path)}: {f['size']} bytes, checksum ok")
+            else:
+                try:
+                    rows = pq.read_table(path).num_rows
+                except (OSError, pa.ArrowException) as e:
+                    raise DataError(f"{path}: cannot be read ({e})") from None
+                checked.append(f"{os.path.basename(path)}: {rows} rows read (no checksum recorded: converted by an "
+                               "older atomica-ray)")
+        return checked
 
     def _read_index(self) -> dict[str, np.ndarray]:
         index_path = os.path.join(self.path, INDEX_FILE)

@@ -76,6 +76,21 @@ def epoch_line(e: dict) -> str:
     return "  ".join(parts)
 
 
+def trial_status(e: dict, console: "Console") -> str:
+    status = e["status"]
+    if status == "started":
+        params = ", ".join(f"{k}={fmt(v)}" for k, v in (e.get("params") or {}).items())
+        return f"started ({params})" if params else "started"
+    if status == "failed":
+        return f"failed: {e.get('cause')} (see the log)"
+    start = next((x for x in reversed(console.events) if x.get("kind") == "start" and x.get("run") == e.get("run")),
+                 {})
+    epoch = e.get("epoch")
+    if status == "stopped" and epoch is not None and epoch + 1 < start.get("max_epoch", epoch + 2):
+        return f"stopped by the scheduler after epoch {epoch}"
+    return "finished" + (f" (last epoch {epoch})" if epoch is not None else "")
+
+
 class Console:
     """The driver's console and the run's log file. Use as a context manager around everything after the
     driver-side checks; `attach_ray()` once Ray is initialised."""
@@ -85,7 +100,7 @@ class Console:
         self.log_path = Path(log_path)
         self.events: list[dict] = []
         self.bar = None
-        self.trial_lines = False  # tune: trial lines come from Tune's callbacks, not from worker epoch events
+        self.sweep = command == "tune"  # lines name their trial; no progress bars
         self._saved: dict = {}
         self.out = sys.stdout
         self.err = sys.stderr
@@ -209,25 +224,28 @@ class Console:
     def on_event(self, e: dict) -> None:
         kind = e.get("kind")
         self.events.append(e)
+        who = f"trial {e.get('run')}: " if self.sweep else ""
         if kind == "progress":
             self.progress(e)
-        elif kind == "epoch" and not self.trial_lines:
-            self.line(epoch_line(e))
-        elif kind == "note" and not self.trial_lines:
-            self.line(e["text"])
-        elif kind == "start" and not self.trial_lines:
-            starts = [x for x in self.events if x.get("kind") == "start"]
+        elif kind == "epoch":
+            self.line(who + epoch_line(e))
+        elif kind == "note":
+            self.line(who + e["text"])
+        elif kind == "start":
+            starts = [x for x in self.events if x.get("kind") == "start" and x.get("run") == e.get("run")]
             if e.get("resumed_from"):
                 restarted = len(starts) > 1
-                self.line(("a worker failed (see the log); restarted " if restarted else "resuming ")
+                self.line(who + ("a worker failed (see the log); restarted " if restarted else "resuming ")
                           + f"from {e['resumed_from']} (epoch {e['epoch']}, batch {e['batch']})")
             elif e.get("init_checkpoint"):
-                self.line(f"starting from {e['init_checkpoint']} (this config's hyperparameters)")
+                self.line(f"{who}starting from {e['init_checkpoint']} (this config's hyperparameters)")
+        elif kind == "trial":
+            self.line(who + trial_status(e, self))
 
     # -- the progress bar (a terminal only: in a log file a bar is noise) --
 
     def progress(self, e: dict) -> None:
-        if not (self.show_progress and not self.trial_lines and getattr(self.out, "isatty", lambda: False)()):
+        if not (self.show_progress and not self.sweep and getattr(self.out, "isatty", lambda: False)()):
             return
         from tqdm import tqdm
 

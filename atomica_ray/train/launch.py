@@ -257,7 +257,7 @@ def run(cfg: TrainConfig, name: str | None = None, storage_path: str | None = No
     """Check, connect and fit one run; returns its `ray.train.Result` (the Python API of `atomica-ray train`)."""
     from atomica_ray.train import preflight, rundir
 
-    name = name or default_run_name(cfg)
+    name = name if name is not None else default_run_name(cfg)
     storage = resolve_storage_path(storage_path)
     preflight.check_train(cfg, name, storage)
     cfg = absolute_paths(cfg)
@@ -347,7 +347,7 @@ def main(command: str, cfg: TrainConfig, args) -> int:
     from atomica_ray.train import preflight, rundir
     from atomica_ray.train.console import Console
 
-    name = args.name or default_run_name(cfg)
+    name = args.name if args.name is not None else default_run_name(cfg)
     storage = resolve_storage_path(args.storage_path)
     try:
         preflight.check_train(cfg, name, storage)

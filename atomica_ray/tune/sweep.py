@@ -6,8 +6,12 @@ Train V2 inside Tune (docs: ray-notes "Train inside Tune"):
   checkpoint) and lives under one shared storage path, `<storage>/<sweep>/trials/`;
 - `TuneReportCallback` forwards rank 0's per-epoch metrics and the Train `checkpoint_path` to Tune, so one Tune
   iteration is one epoch and ASHA's `max_t` / `grace_period` count epochs;
-- concurrency is the cluster's resources divided by one trial's (workers x (CPU per worker [+ 1 GPU]) + 1 CPU for
-  the trial driver), so no trial driver waits for workers that cannot be placed;
+- concurrency is the cluster's resources divided by one trial's (workers x (CPU per worker [+ 1 GPU]) + a tenth
+  of a CPU for the trial driver, which only waits), so no trial driver waits for workers that cannot be placed;
+  a local Ray started for a sweep adds the drivers' fractions to the machine's CPUs, so 2 cores run 2 one-worker
+  trials at once;
+- the trial's gate (`tune.gate`) carries each epoch's report to Tune and Tune's decision back to the workers, who
+  wait for it: a trial the scheduler stops trains no further epoch;
 - `reuse_actors=False` (GPU memory of stopped trials was not freed with reuse, ray#32725).
 
 PBT: trials report no Tune checkpoint of their own (the Train checkpoint is already in storage), so the scheduler
@@ -25,7 +29,8 @@ import logging
 import math
 import os
 import random
-import socket
+import threading
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"  # the settings of a sweep, read back by --resume and `atomica-ray report`
 TRAIN_RUNS_DIR = "trials"  # <storage>/<sweep>/trials/<trial id>: the Train runs
 SCHEDULERS = ("asha", "pbt", "fifo")
+TRIAL_DRIVER_CPU = 0.1  # the trial function starts the Train run and waits on it
 
 
 @dataclass
@@ -115,8 +121,8 @@ def write_text(path: str, text: str) -> None:
 
 # ---- resources and concurrency -----------------------------------------------------------------------------------
 def trial_resources(workers_per_trial: int, gpus_per_trial: float, cpus_per_worker: float = 1.0) -> dict:
-    """What one trial holds: its Train workers plus 1 CPU for the trial driver (the function trainable)."""
-    need = {"CPU": workers_per_trial * cpus_per_worker + 1.0}
+    """What one trial holds: its Train workers plus a fraction of a CPU for the trial driver."""
+    need = {"CPU": workers_per_trial * cpus_per_worker + TRIAL_DRIVER_CPU}
     if gpus_per_trial:
         need["GPU"] = float(gpus_per_trial)
     return need
@@ -128,8 +134,18 @@ def derive_concurrency(cluster: dict, per_trial: dict) -> int:
     n = min(fits) if fits else 1
     if n < 1:
         have = {k: cluster.get(k, 0.0) for k in per_trial}
-        raise ValueError(f"one trial needs {per_trial} (workers + 1 CPU for its driver) but the cluster has {have}")
+        raise ValueError(f"one trial needs {per_trial} (its workers + {TRIAL_DRIVER_CPU} CPU for its driver) but "
+                         f"the cluster has {have}")
     return n
+
+
+def local_cpus(settings: "SweepSettings", cpus: int | None) -> int:
+    """Logical CPUs of a local Ray for a sweep: the machine's (or --num-cpus) for the workers, plus the trial
+    drivers' fractions for as many trials as those CPUs hold."""
+    cpus = cpus or os.cpu_count() or 1
+    per_trial = settings.workers_per_trial * settings.base_config.get("cpus_per_worker", 1.0)
+    trials = max(1, math.floor(cpus / per_trial + 1e-9))
+    return cpus + math.ceil(trials * TRIAL_DRIVER_CPU - 1e-9)
 
 
 def check_workers(workers_per_trial: int, gpus_per_trial: float) -> None:
@@ -138,39 +154,6 @@ def check_workers(workers_per_trial: int, gpus_per_trial: float) -> None:
     if gpus_per_trial and gpus_per_trial != workers_per_trial:
         raise ValueError(f"--gpus-per-trial {gpus_per_trial:g} with --workers-per-trial {workers_per_trial}: the "
                          "engine runs one Train worker per GPU, so give as many workers as GPUs per trial")
-
-
-# ---- Ray -----------------------------------------------------------------------------------------------------------
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` (or RAY_ADDRESS, as under `ray job submit`), else start a local Ray.
-
-    A local Ray is started with RAY_ADDRESS pointing at itself in the environment its processes inherit: Train's
-    placement-group cleaner (which frees the workers of a stopped trial) looks the cluster up by address, and with
-    another Ray instance on the same host it would otherwise not find it, leaking the trial's workers.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    ray.init(address="local", num_cpus=num_cpus)
-
-
-def stop_ray() -> None:
-    """Shut down Ray and forget the address `start_ray` exported for a local cluster."""
-    import ray
-
-    ray.shutdown()
-    if os.environ.get("RAY_GCS_SERVER_PORT") and os.environ.get("RAY_ADDRESS", "").endswith(
-            ":" + os.environ["RAY_GCS_SERVER_PORT"]):
-        del os.environ["RAY_ADDRESS"], os.environ["RAY_GCS_SERVER_PORT"]
 
 
 # ---- the trial ---------------------------------------------------------------------------------------------------
@@ -182,13 +165,15 @@ def trial_config(base: dict, params: dict, source: str):
 
 
 def make_trainable(base_config: dict, train_storage: str):
-    """The function trainable of every trial of a sweep."""
+    """The function trainable of every trial of a sweep (see `tune.gate` for how reports and decisions travel)."""
 
     def atomica_trial(params: dict) -> None:
+        import ray
         from ray import tune
-        from ray.tune.integration.ray_train import TuneReportCallback
 
-        from atomica_ray.train.launch import build_trainer
+        from atomica_ray.train.console import emit
+        from atomica_ray.train.launch import build_trainer, fit
+        from atomica_ray.tune.gate import NAMESPACE, GateCallback, TrialGate
 
         trial_id = tune.get_context().get_trial_id()
         cfg = trial_config(base_config, params, source=f"trial {trial_id}")
@@ -198,8 +183,41 @@ def make_trainable(base_config: dict, train_storage: str):
             cfg = cfg.replace(init_checkpoint=donor.path)
             # a new Train run per donor: reusing this trial's run name would resume its own checkpoint instead
             run_name = f"{trial_id}-from-{hashlib.sha1(donor.path.encode()).hexdigest()[:8]}"
-        trainer = build_trainer(cfg, run_name=run_name, storage_path=train_storage, callbacks=[TuneReportCallback()])
-        trainer.fit()
+        gate_name = f"gate-{trial_id}-{uuid.uuid4().hex[:8]}"
+        gate = TrialGate.options(name=gate_name, namespace=NAMESPACE).remote()
+        trainer = build_trainer(cfg.replace(trial_gate=gate_name), run_name=run_name, storage_path=train_storage,
+                                callbacks=[GateCallback(gate)])
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = fit(trainer)
+            except BaseException as error:  # noqa: BLE001 - raised in the trial's thread below
+                outcome["error"] = error
+            finally:
+                gate.put.remote(None)
+
+        emit("trial", run=run_name, status="started", params=params)
+        thread = threading.Thread(target=run, name="atomica-ray-train-run", daemon=True)
+        thread.start()
+        last = None
+        try:
+            while (report := ray.get(gate.next.remote())) is not None:
+                last = report
+                tune.report(report)  # returns when Tune wants more; a stopped trial exits here (SystemExit)
+                gate.decide.remote(report["epoch"], True)
+        except SystemExit:
+            emit("trial", run=run_name, status="stopped", epoch=last and last.get("epoch"))
+            raise
+        finally:
+            gate.stop.remote()  # the workers end the run cleanly instead of starting another epoch
+            thread.join()
+        if "error" in outcome:
+            from atomica_ray.train.errors import cause_of
+
+            emit("trial", run=run_name, status="failed", cause=cause_of(outcome["error"]))
+            raise outcome["error"]
+        emit("trial", run=run_name, status="finished", epoch=last and last.get("epoch"))
 
     return atomica_trial
 
@@ -273,6 +291,13 @@ def make_searcher(settings: SweepSettings, concurrency: int):
     return BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrency)
 
 
+def trainable_for(settings: SweepSettings):
+    from ray import tune
+
+    return tune.with_resources(make_trainable(settings.base_config, settings.train_storage),
+                               {"CPU": TRIAL_DRIVER_CPU})
+
+
 def build_tuner(settings: SweepSettings, concurrency: int):
     from ray import tune
 
@@ -282,10 +307,10 @@ def build_tuner(settings: SweepSettings, concurrency: int):
         scheduler=make_scheduler(settings, space), search_alg=make_searcher(settings, concurrency),
         max_concurrent_trials=concurrency, reuse_actors=False,
     )
-    run_config = tune.RunConfig(name=settings.name, storage_path=settings.storage_path, verbose=1)
-    trainable = make_trainable(settings.base_config, settings.train_storage)
-    return tune.Tuner(trainable, param_space=space.tune_config(settings.search), tune_config=tune_config,
-                      run_config=run_config)
+    # verbose=0: the console shows our lines (train.console); Tune's own tables would only repeat them
+    run_config = tune.RunConfig(name=settings.name, storage_path=settings.storage_path, verbose=0)
+    return tune.Tuner(trainable_for(settings), param_space=space.tune_config(settings.search),
+                      tune_config=tune_config, run_config=run_config)
 
 
 # ---- settings from the command line ------------------------------------------------------------------------------
@@ -360,6 +385,13 @@ def space_document(space: SearchSpace) -> dict:
     return doc
 
 
+def expected_trials(settings: SweepSettings) -> int:
+    population = settings.num_samples
+    if settings.search == "grid":
+        population *= settings.search_space().grid_size()
+    return population
+
+
 def concurrency_for(settings: SweepSettings) -> int:
     import ray
 
@@ -370,25 +402,23 @@ def concurrency_for(settings: SweepSettings) -> int:
     if n > fits:
         log.warning("--max-concurrent %d exceeds the %d trials the cluster holds now (each needs %s); trials beyond "
                     "that wait for the autoscaler", n, fits, per_trial)
-    population = settings.num_samples
-    if settings.search == "grid":
-        population *= settings.search_space().grid_size()
+    population = expected_trials(settings)
     if settings.scheduler == "pbt" and population > n:
         raise ValueError(f"PBT needs its whole population running at once: {population} trials > {n} concurrent "
                          "trials; lower --num-samples or add resources")
     return n
 
 
-def run_sweep(settings: SweepSettings):
+def run_sweep(settings: SweepSettings, concurrency: int | None = None):
     """Start a new sweep; returns Tune's ResultGrid."""
     from ray import tune
 
     if tune.Tuner.can_restore(settings.experiment_dir):
         raise FileExistsError(f"{settings.experiment_dir} already holds a sweep: resume it with --resume "
                               f"{settings.name}, or choose another --name")
-    concurrency = concurrency_for(settings)
+    concurrency = concurrency or concurrency_for(settings)
     settings.save()
-    log.info("sweep %s: %d trials, %d at a time", settings.name, settings.num_samples, concurrency)
+    log.info("sweep %s: %d trials, %d at a time", settings.name, expected_trials(settings), concurrency)
     return build_tuner(settings, concurrency).fit()
 
 
@@ -403,6 +433,6 @@ def resume_sweep(experiment_dir: str):
     if not tune.Tuner.can_restore(experiment_dir):
         raise FileNotFoundError(f"{experiment_dir}: no Tune experiment state to resume from")
     concurrency_for(settings)  # the cluster must still hold one trial
-    trainable = make_trainable(settings.base_config, settings.train_storage)
-    tuner = tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    tuner = tune.Tuner.restore(experiment_dir, trainable=trainable_for(settings), resume_unfinished=True,
+                               resume_errored=True)
     return settings, tuner.fit()
