@@ -132,6 +132,9 @@ def drive(args: argparse.Namespace, settings, resume: bool) -> int:
                 _, results = sweep.resume_sweep(experiment)
             else:
                 results = sweep.run_sweep(settings, concurrency)
+            if unfinished(experiment, settings):  # Tune caught Ctrl-C itself and stopped the sweep
+                return interrupted(console, experiment, settings, resume_cmd)
+            return finish(console, experiment, results)
         except KeyboardInterrupt:
             console.note(traceback.format_exc())
             return interrupted(console, experiment, settings, resume_cmd)
@@ -140,9 +143,6 @@ def drive(args: argparse.Namespace, settings, resume: bool) -> int:
         finally:
             if we_started_ray:
                 launch.shutdown_ray()
-        if unfinished(experiment, settings):  # Tune caught Ctrl-C itself and stopped the sweep
-            return interrupted(console, experiment, settings, resume_cmd)
-        return finish(console, experiment, results)
 
 
 def unfinished(experiment: str, settings) -> list[str]:
@@ -152,8 +152,10 @@ def unfinished(experiment: str, settings) -> list[str]:
     from atomica_ray.tune.results import trial_statuses
     from atomica_ray.tune.sweep import expected_trials
 
+    from pathlib import Path
+
     try:
-        statuses = trial_statuses(experiment)
+        statuses = trial_statuses(Path(experiment))
     except (OSError, ValueError):
         return []
     pending = [t for t, (status, _) in statuses.items() if status not in ("TERMINATED", "ERROR")]

@@ -76,6 +76,23 @@ def epoch_line(e: dict) -> str:
     return "  ".join(parts)
 
 
+class _LogStream:
+    """A text stream into the console's log file."""
+
+    def __init__(self, console: "Console"):
+        self.console = console
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
 def trial_status(e: dict, console: "Console") -> str:
     status = e["status"]
     if status == "started":
@@ -110,9 +127,9 @@ class Console:
     def __enter__(self) -> "Console":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(self.log_path, "a", buffering=1)
-        self.log.write(f"\n===== atomica-ray {self.command}, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
-                       f"pid {os.getpid()} =====\n")
-        handler = logging.StreamHandler(self.log)
+        self.log_failed = False
+        self.note(f"\n===== atomica-ray {self.command}, {time.strftime('%Y-%m-%d %H:%M:%S')}, pid {os.getpid()} =====")
+        handler = logging.StreamHandler(self)  # `write` below: a full disk does not break the console
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.handler = handler
         self._saved["ray_handlers"] = list(logging.getLogger("ray").handlers)
@@ -124,6 +141,9 @@ class Console:
         self._saved["showwarning"] = warnings.showwarning
         if not self.verbose:
             self._redirect_fd2()
+            # stray prints of the libraries (Tune's experiment banner, ...) go to the log; ours use self.out
+            self._saved["stdout"] = sys.stdout
+            sys.stdout = _LogStream(self)
         return self
 
     def _mute_ray_handlers(self) -> None:
@@ -151,6 +171,8 @@ class Console:
     def __exit__(self, *exc) -> None:
         self.close_bar()
         self.detach_ray()
+        if "stdout" in self._saved:
+            sys.stdout = self._saved.pop("stdout")
         if "fd2" in self._saved:
             try:
                 sys.stderr.flush()
@@ -166,7 +188,10 @@ class Console:
             if h not in ray_logger.handlers:
                 ray_logger.addHandler(h)
         logging.captureWarnings(False)
-        self.log.close()
+        try:
+            self.log.close()
+        except OSError:
+            pass
 
     def attach_ray(self) -> None:
         """Take over the printing of worker output from Ray."""
@@ -175,6 +200,7 @@ class Console:
 
         self._mute_ray_handlers()  # ray.init may have added its handler again
         self._dispatcher = dispatcher
+        self._ray_printer = [h for h in dispatcher.handlers if h[0] == "ray_print_logs"]
         dispatcher.remove_handler("ray_print_logs")
         dispatcher.add_handler("atomica_ray_console", self.ray_output)
         self._ray_print = ray_worker.print_to_stdstream
@@ -183,6 +209,8 @@ class Console:
         dispatcher = getattr(self, "_dispatcher", None)
         if dispatcher is not None:
             dispatcher.remove_handler("atomica_ray_console")
+            for name, handler in self._ray_printer:  # Ray prints worker output again (e.g. the next run's Ray)
+                dispatcher.add_handler(name, handler)
             self._dispatcher = None
 
     # -- output --
@@ -192,10 +220,28 @@ class Console:
         self.close_bar()
         stream = self.err if err else self.out
         print(text, file=stream, flush=True)
-        self.log.write(text + "\n")
+        self.note(text)
 
     def note(self, text: str) -> None:
-        self.log.write(text + "\n")
+        """A line for the log file only."""
+        self.write(text + "\n")
+
+    def write(self, text: str) -> None:
+        """Into the log file; if the disk is full, the console says so once and the log is left behind."""
+        if self.log_failed:
+            return
+        try:
+            self.log.write(text)
+        except (OSError, ValueError) as e:
+            self.log_failed = True
+            print(f"atomica-ray: cannot write the log file {self.log_path} ({getattr(e, 'strerror', e)}); "
+                  "going on without it", file=self.err, flush=True)
+
+    def flush(self) -> None:
+        try:
+            self.log.flush()
+        except (OSError, ValueError):
+            self.log_failed = True
 
     def ray_output(self, data: dict) -> None:
         """Ray's handler of forwarded worker output (one batch of lines of one process)."""
@@ -212,10 +258,10 @@ class Console:
                 except ValueError:
                     event = None
                 if event is not None:
-                    self.log.write(f"[event] {raw.split(EVENT_MARK, 1)[1]}\n")
+                    self.note(f"[event] {raw.split(EVENT_MARK, 1)[1]}")
                     self.on_event(event)
                     continue
-            self.log.write(f"({source} pid={data.get('pid')}) {raw}\n")
+            self.note(f"({source} pid={data.get('pid')}) {raw}")
         if self.verbose:
             lines = [ln for ln in data.get("lines", []) if EVENT_MARK not in ln]
             if lines and data.get("pid") != "autoscaler":

@@ -25,6 +25,7 @@ from atomica_ray.train.config import TrainConfig
 from atomica_ray.train.errors import InputError, Interrupted, RunFailed, cause_of
 
 DEFAULT_STORAGE = "~/atomica-ray-runs"
+_LOCAL_RAY: dict = {}  # the GCS address of the local Ray `start_local_ray` started in this process
 RESOURCE_WAIT_S = 300.0  # how long to wait for an autoscaling cluster to provide what a run asks for
 
 
@@ -148,7 +149,12 @@ def _dashboard_packages() -> str | None:
     return None
 
 
-def start_local_ray(num_cpus: int | None = None, dashboard: bool = True, say=print) -> str:
+def warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def start_local_ray(num_cpus: int | None = None, dashboard: bool = True, say=warn,
+                    dashboard_port: int | None = None) -> str:
     """A new Ray on this machine only; returns a line describing it.
 
     Loopback everywhere: Ray binds its gRPC servers (GCS, raylet, workers), agents and metrics exporters to its
@@ -168,19 +174,22 @@ def start_local_ray(num_cpus: int | None = None, dashboard: bool = True, say=pri
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process may have imported Ray before
     missing = _dashboard_packages() if dashboard else None
     if missing:
-        say(f"local Ray without its dashboard: import ray.dashboard.optional_deps failed ({missing}); "
-            "pip install 'ray[default]' to have it")
+        say(f"starting a local Ray without its dashboard (import ray.dashboard.optional_deps failed: {missing}); "
+            "lost: the dashboard and the state API (ray list/summary, job submission), so Ray Train's "
+            "placement-group cleaner has no state API to ask (its complaints go to the log). "
+            "pip install 'ray[default]' to keep them")
     attempts = [dashboard and not missing, False] if dashboard and not missing else [False]
     for attempt, with_dashboard in enumerate(attempts):
-        dashboard_port, gcs_port = free_port(), free_port()
+        port = (dashboard_port if dashboard_port and with_dashboard else None) or free_port()
+        gcs_port = free_port()
         # Without a dashboard the state API address points at a closed port: the cleaner's queries then fail fast
         # (in the log) instead of reaching another cluster's dashboard.
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)
         os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
         try:
             context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=with_dashboard,
-                               dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
+                               dashboard_host="127.0.0.1", dashboard_port=port)
         except Exception as error:  # noqa: BLE001 - any failure to start is retried once, then reported
             ray.shutdown()
             forget_local_ray()
@@ -189,6 +198,7 @@ def start_local_ray(num_cpus: int | None = None, dashboard: bool = True, say=pri
                 raise RunFailed(f"could not start a local Ray: {type(error).__name__}: {reason}") from error
             say(f"local Ray did not start ({type(error).__name__}: {reason}); retrying without its dashboard")
             continue
+        _LOCAL_RAY["gcs"] = ray.get_runtime_context().gcs_address
         cpus = ray.cluster_resources().get("CPU", 0)
         url = str(context.dashboard_url or "").removeprefix("http://")
         where = f"dashboard http://{url}" if with_dashboard and url else "no dashboard"
@@ -196,13 +206,22 @@ def start_local_ray(num_cpus: int | None = None, dashboard: bool = True, say=pri
     raise AssertionError("unreachable")
 
 
+def started_locally() -> bool:
+    """Whether this process's Ray is a local one `start_local_ray` started (it cannot grow: no autoscaler)."""
+    import ray
+
+    return ray.is_initialized() and _LOCAL_RAY.get("gcs") == ray.get_runtime_context().gcs_address
+
+
 def forget_local_ray() -> None:
     """Drop the addresses `start_local_ray` exported, so that a later Ray in this process is not pointed at it."""
+    _LOCAL_RAY.clear()
     for key in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_API_SERVER_ADDRESS"):
         os.environ.pop(key, None)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True, say=print) -> str | None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True,
+             say=warn) -> str | None:
     """Connect to `address`, or to the cluster this process already belongs to (a `ray job submit` driver has
     RAY_ADDRESS set), or start a local Ray. Returns a line describing a new local Ray (None otherwise)."""
     import ray
@@ -215,7 +234,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     return start_local_ray(num_cpus, dashboard, say)
 
 
-def check_resources(per_worker: dict, count: int, local: bool, wait_s: float = RESOURCE_WAIT_S, say=print) -> None:
+def check_resources(per_worker: dict, count: int, local: bool, wait_s: float = RESOURCE_WAIT_S, say=warn) -> None:
     """Fail, rather than wait forever, when the cluster cannot place `count` workers of `per_worker` resources:
     at once on a local Ray (nothing will join it), within `wait_s` on a cluster (its autoscaler may add nodes)."""
     import ray
@@ -262,8 +281,8 @@ def run(cfg: TrainConfig, name: str | None = None, storage_path: str | None = No
     preflight.check_train(cfg, name, storage)
     cfg = absolute_paths(cfg)
     rundir.repair(join(storage, name))
-    local = init_ray(address, num_cpus if num_cpus is not None else local_cpus_needed(cfg), dashboard) is not None
-    check_resources(worker_resources(cfg), cfg.num_workers, local)
+    init_ray(address, num_cpus if num_cpus is not None else local_cpus_needed(cfg), dashboard)
+    check_resources(worker_resources(cfg), cfg.num_workers, started_locally())
     return fit(build_trainer(cfg, name, storage))
 
 
@@ -369,7 +388,7 @@ def main(command: str, cfg: TrainConfig, args) -> int:
             if described:
                 console.line(described)
             console.attach_ray()
-            check_resources(worker_resources(cfg), cfg.num_workers, we_started_ray, say=console.line)
+            check_resources(worker_resources(cfg), cfg.num_workers, started_locally(), say=console.line)
             console.line(f"{cfg.task}: {cfg.num_workers} worker(s) ({'GPU' if cfg.use_gpu else 'CPU'}), "
                          f"max_epoch {cfg.max_epoch}; log: {console.log_path}")
             result = fit(build_trainer(cfg, name, storage))

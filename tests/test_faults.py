@@ -1,0 +1,238 @@
+"""Fault injection on real Ray and real files (issue 19, item 7; issue 21, items 1, 3 and 4): each case runs the
+real `atomica-ray train` command, asserts what the user sees, and that nothing is lost.
+
+One local Ray for the module (started as the command starts it: 127.0.0.1 only); two driver subprocesses start
+their own. Tiny model (hidden 8, 1 layer), 24 training items, 2-4 epochs of 5 optimizer steps.
+
+- a worker SIGKILLed mid-epoch under --max_failures: restarted from the latest checkpoint, said on the console;
+- the driver SIGKILLed, relaunched with the same command (resumes), then Ctrl-C (exit 130, the resume command
+  printed), the latest checkpoint truncated, and the printed command run: the damaged checkpoint is set aside and
+  the run resumes from the newest intact one; a relaunch with a larger max_epoch says how the lr schedule stretched;
+- a full disk (a small tmpfs): one error line, the earlier checkpoints intact, no half-written checkpoint left, and
+  the run resumes once there is space;
+- a worker-side error: one line with its cause and the log's path; the traceback only with --verbose;
+- --use-gpu on a machine without GPUs: refused at once with the resources asked for and present;
+- every port of the local Ray on loopback.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from atomica_ray.cli.main import main
+from atomica_ray.train.checkpoint import verify_checkpoint
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from atomica_ray.data.demo import write_demo_splits
+
+    return write_demo_splits(str(tmp_path_factory.mktemp("faults-data")), n_train=24, n_valid=8, seed=5)
+
+
+def tiny(data, storage, name, *more) -> list[str]:
+    return ["--train_set", data["train"], "--valid_set", data["valid"], "--fragmentation_method", "PS_300",
+            "--atom_hidden_size", "8", "--block_hidden_size", "8", "--edge_size", "8", "--n_layers", "1",
+            "--k_neighbors", "4", "--max_n_vertex_per_gpu", "200", "--no-tensorboard", "--seed", "3",
+            "--lr", "2e-3", "--final_lr", "2e-4", "--storage-path", str(storage), "--name", name, *more]
+
+
+def train(capfd, *argv) -> tuple[int, str, str]:
+    code = main(["train", *argv])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics_history.jsonl").read_text().splitlines() if x.strip()]
+
+
+def epoch_lines(out: str) -> list[int]:
+    return [int(line.split()[1]) for line in out.splitlines() if line.startswith("epoch ")]
+
+
+def assert_nothing_half_written(run_dir: Path) -> None:
+    assert not list(run_dir.glob(".tmp-*")), "a half-written checkpoint was left"
+    for ckpt in run_dir.glob("checkpoint_*"):
+        assert verify_checkpoint(ckpt) is None, ckpt
+
+
+@pytest.fixture(scope="module")
+def tmp_copies():
+    """/tmp/atomica-ckpt-* before the module: none may be added."""
+    return set(glob.glob("/tmp/atomica-ckpt-*"))
+
+
+def test_worker_killed_mid_epoch_restarts_from_its_checkpoint(ray_local, capfd, tmp_path, data, tmp_copies):
+    code, out, err = train(capfd, *tiny(data, tmp_path, "killed", "--max_epoch", "2", "--report_every_steps", "2",
+                                        "--max_failures", "1", "--set", "crash_at_step=3"))
+    assert code == 0, err
+    run = tmp_path / "killed"
+    assert (run / ".crashed_at_step_3").is_file()  # the worker really died
+    assert "a worker failed (see the log); restarted from checkpoint_epoch0000_step00000002" in out, out
+    assert epoch_lines(out) == [0, 1], out  # our epoch lines, once each
+    assert "Reporting training result" not in out + err and "TrainController" not in out + err  # not Ray's
+    steps = [r["global_step"] for r in history(run)]
+    assert steps == sorted(set(steps)), steps  # no report lost or counted twice
+    assert_nothing_half_written(run)
+    assert set(glob.glob("/tmp/atomica-ckpt-*")) == tmp_copies
+
+
+def test_local_ray_listens_on_loopback_only(ray_local):
+    import psutil
+
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    listening = []
+    for p in procs:
+        try:
+            listening += [(p.name(), c.laddr) for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    assert len(listening) >= 5, listening  # GCS, raylet, object manager, agents, dashboard, workers
+    exposed = [(name, addr) for name, addr in listening if addr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert not exposed, exposed
+
+
+def test_gpu_request_without_gpus_fails_at_once(ray_local, capfd, tmp_path, data):
+    start = time.monotonic()
+    code, out, err = train(capfd, *tiny(data, tmp_path, "gpu", "--use_gpu"))
+    assert code == 2 and time.monotonic() - start < 60
+    line = err.strip().splitlines()[-1]
+    assert "cannot run 1 worker(s) of {'CPU': 1.0, 'GPU': 1}" in line and "'CPU': 4.0" in line, err
+    assert "without --use-gpu" in line
+
+
+def test_worker_error_is_one_line_traceback_only_verbose(ray_local, capfd, tmp_path, data):
+    failing = ("--max_epoch", "1", "--set", "nonfinite_steps=[0,1,2]", "--max_bad_steps", "3")
+    code, out, err = train(capfd, *tiny(data, tmp_path, "bad", *failing))
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    log = tmp_path / "bad" / "atomica-ray.log"
+    assert lines[0].startswith("atomica-ray train: error: worker 0: BadStepsError: 3 optimizer steps in a row had "
+                               "a non-finite loss or gradient"), lines[0]
+    assert lines[0].endswith(f"(full log: {log})"), lines[0]
+    assert "Traceback" in log.read_text()
+    code, out, err = train(capfd, *tiny(data, tmp_path, "bad-verbose", *failing, "--verbose"))
+    assert code == 1 and "Traceback" in err and err.strip().splitlines()[-1].startswith("atomica-ray train: error:")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A directory on a 700 KiB tmpfs: one checkpoint of the tiny model (~330 KiB) fits, two do not."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root with CAP_SYS_ADMIN)")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_disk(ray_local, capfd, data, small_disk, tmp_copies):
+    args = tiny(data, small_disk, "full", "--max_epoch", "3")
+    code, out, err = train(capfd, *args)
+    assert code == 1, out + err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("atomica-ray train: error: ") and "No space left on device" in line, err
+    run = small_disk / "full"
+    saved = sorted(run.glob("checkpoint_*"))
+    assert saved, "no checkpoint was written before the disk filled up"
+    assert_nothing_half_written(run)  # the earlier checkpoints are intact, no partial one is left
+    assert set(glob.glob("/tmp/atomica-ckpt-*")) == tmp_copies
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    code, out, err = train(capfd, *args)  # once there is space, the same command resumes
+    assert code == 0, err
+    assert f"resuming from {saved[-1].name}" in out, out
+    assert [r["epoch"] for r in history(run) if r["batch"] == 0] == [0, 1, 2]
+
+
+def wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 600):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the driver exited ({proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def intact(run: Path, epoch: int) -> bool:
+    return any((p / "manifest.json").is_file() for p in run.glob(f"checkpoint_epoch{epoch:04d}_*"))
+
+
+def test_driver_killed_relaunched_interrupted_and_resumed(ray_local, capfd, tmp_path, data, tmp_copies):
+    args = tiny(data, tmp_path, "driver", "--max_epoch", "3", "--num-cpus", "1", "--no-dashboard")
+    run = tmp_path / "driver"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    for key in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_API_SERVER_ADDRESS"):  # the subprocess starts its own Ray
+        env.pop(key, None)
+    command = [sys.executable, "-m", "atomica_ray.cli.main", "train", *args]
+
+    # 1. the driver is killed after its first epoch's checkpoint
+    with open(tmp_path / "first.out", "w") as out:
+        first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            wait_for(lambda: intact(run, 0), "the first checkpoint", first)
+            first.send_signal(signal.SIGKILL)
+            first.wait(60)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)  # what the driver started (its local Ray)
+
+    first_ckpt = sorted(run.glob("checkpoint_epoch0000_*"))[-1].name
+    n = int(first_ckpt.rsplit("step", 1)[1])  # optimizer steps per epoch
+
+    # 2. relaunched with the same command it resumes; Ctrl-C stops it: exit 130 and the command that resumes it
+    shown = tmp_path / "second.out"
+    with open(shown, "w") as out, open(tmp_path / "second.err", "w") as errf:
+        second = subprocess.Popen(command, stdout=out, stderr=errf, env=env, start_new_session=True)
+        try:
+            wait_for(lambda: intact(run, 1) and "epoch 1 (2/3)" in shown.read_text(), "epoch 1", second)
+            second.send_signal(signal.SIGINT)
+            assert second.wait(120) == 130
+        finally:
+            os.killpg(second.pid, signal.SIGKILL)
+    interrupted = (tmp_path / "second.err").read_text().strip().splitlines()
+    assert f"resuming from {first_ckpt} (epoch 1, batch 0)" in shown.read_text(), shown.read_text()
+    assert interrupted[-2].startswith("interrupted after epoch 1: the run keeps its checkpoints"), interrupted
+    resume = shlex.split(interrupted[-1])
+    assert resume[:2] == ["atomica-ray", "train"] and resume[2:] == args, resume  # the exact command
+
+    # 3. the latest checkpoint is damaged (a disk that filled up); the printed command resumes from the intact one
+    latest = sorted(run.glob("checkpoint_epoch0001_*"))[-1]
+    state = latest / "train_state.pt"
+    size = state.stat().st_size
+    state.write_bytes(state.read_bytes()[: size // 2])
+    code, out, err = train(capfd, *resume[2:])
+    assert code == 0, err
+    assert (f"{latest.name} is damaged (train_state.pt has {size // 2} bytes, its manifest says {size}): moved to "
+            f"{run / '.damaged'}; resuming from {first_ckpt} (epoch 0, step {n})") in out, out
+    assert (run / ".damaged" / latest.name / "model" / "model.pt").is_file()  # set aside, not deleted
+    assert epoch_lines(out) == [1, 2]
+    rows = [r for r in history(run) if r["batch"] == 0]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # nothing counted twice
+    assert_nothing_half_written(run)
+
+    # 4. a relaunch with more epochs stretches the lr schedule and says how; lr stays within [final_lr, lr]
+    code, out, err = train(capfd, *resume[2:], "--max_epoch", "4")
+    assert code == 0, err
+    assert (f"max_epoch is 4: the run's length changed from {3 * n} to {4 * n} optimizer steps: the exp_decay "
+            "schedule now decays from") in out and f"to final_lr 0.0002 at step {4 * n} instead of step {3 * n}" in out
+    lrs = [r["lr"] for r in history(run)]
+    assert all(2e-4 * (1 - 1e-9) <= lr <= 2e-3 for lr in lrs), lrs
+    assert [r["epoch"] for r in history(run) if r["batch"] == 0] == [0, 1, 2, 3]
+    assert set(glob.glob("/tmp/atomica-ckpt-*")) == tmp_copies
