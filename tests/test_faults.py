@@ -2,7 +2,7 @@
 real `atomica-ray train` command, asserts what the user sees, and that nothing is lost.
 
 One local Ray for the module (started as the command starts it: 127.0.0.1 only); two driver subprocesses start
-their own. Tiny model (hidden 8, 1 layer), 24 training items, 2-4 epochs of 5 optimizer steps.
+their own. Tiny model (hidden 8, 1 layer), 16 training items, 1-4 epochs of a few optimizer steps.
 
 - a worker SIGKILLed mid-epoch under --max_failures: restarted from the latest checkpoint, said on the console;
 - the driver SIGKILLed, relaunched with the same command (resumes), then Ctrl-C (exit 130, the resume command
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def data(tmp_path_factory):
     from atomica_ray.data.demo import write_demo_splits
 
-    return write_demo_splits(str(tmp_path_factory.mktemp("faults-data")), n_train=24, n_valid=8, seed=5)
+    return write_demo_splits(str(tmp_path_factory.mktemp("faults-data")), n_train=16, n_valid=6, seed=5)
 
 
 def tiny(data, storage, name, *more) -> list[str]:
@@ -66,7 +66,7 @@ def epoch_lines(out: str) -> list[int]:
 
 def assert_nothing_half_written(run_dir: Path) -> None:
     assert not list(run_dir.glob(".tmp-*")), "a half-written checkpoint was left"
-    for ckpt in run_dir.glob("checkpoint_*"):
+    for ckpt in run_dir.glob("checkpoint_epoch*"):
         assert verify_checkpoint(ckpt) is None, ckpt
 
 
@@ -149,7 +149,7 @@ def test_full_disk(ray_local, capfd, data, small_disk, tmp_copies):
     line = err.strip().splitlines()[-1]
     assert line.startswith("atomica-ray train: error: ") and "No space left on device" in line, err
     run = small_disk / "full"
-    saved = sorted(run.glob("checkpoint_*"))
+    saved = sorted(run.glob("checkpoint_epoch*"))
     assert saved, "no checkpoint was written before the disk filled up"
     assert_nothing_half_written(run)  # the earlier checkpoints are intact, no partial one is left
     assert set(glob.glob("/tmp/atomica-ckpt-*")) == tmp_copies

@@ -11,6 +11,10 @@ Tasks (`--task`):
 Items are cropped to the 16 blocks around the interface (`max_n_vertex_per_item`, as ATOMICA's pretraining
 crops to 256): the signal is there, and steps are several times faster.
 
+The console shows one line per epoch as training goes (and a progress bar on a terminal); Ray's own output goes to
+the run's log file. Data and runs go to the user cache (~/.cache/atomica-ray/demo, or $ATOMICA_RAY_CACHE/demo) or
+to --out, never into the current directory.
+
     atomica-ray demo [--out DIR] [--epochs E] [--task PDBBind|binary_classifier]
 """
 
@@ -29,7 +33,9 @@ CRITERIA = {"PDBBind": ("val_rmse", 0.8, "val_pearson", 0.5), "binary_classifier
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="atomica-ray-demo", help="directory for the data and the run")
+    parser.add_argument("--out", default=None,
+                        help="directory for the data and the runs (default: the user cache's demo/, e.g. "
+                             "~/.cache/atomica-ray/demo)")
     parser.add_argument("--task", choices=sorted(CRITERIA), default="binary_classifier")
     parser.add_argument("--epochs", type=int, default=None, help="default: 25 (binary_classifier), 60 (PDBBind)")
     parser.add_argument("--n-train", type=int, default=320)
@@ -37,6 +43,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--address", default=None, help="use this Ray cluster instead of a new local one")
+    parser.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                        help="start the local Ray without its dashboard")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="also show Ray's own output and full tracebacks (always in the run's log file)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training config key")
 
@@ -50,7 +60,7 @@ def demo_config(data: dict, args):
         atom_hidden_size=16, block_hidden_size=16, edge_size=16, n_layers=2 if binary else 1, k_neighbors=8,
         global_message_passing=True, max_n_vertex_per_gpu=160, max_n_vertex_per_item=16, lr=1e-3,
         max_epoch=args.epochs or (25 if binary else 60), num_workers=args.num_workers, seed=args.seed,
-        progress_bar=False, save_topk=1,
+        save_topk=1,
     )
     return cfg.with_overrides(args.overrides) if args.overrides else cfg
 
@@ -64,13 +74,19 @@ def constant_predictor(task: str, train: np.ndarray, valid: np.ndarray) -> dict:
     return {"val_rmse": M.rmse(np.full(len(valid), train.mean()), valid), "val_pearson": 0.0}
 
 
+def default_out() -> Path:
+    from atomica_ray.data.loader import user_cache_dir
+
+    return Path(user_cache_dir()) / "demo"
+
+
 def run(args) -> int:
     from atomica_ray.data import open_dataset
     from atomica_ray.data.demo import write_demo_splits
-    from atomica_ray.train.launch import run as fit
+    from atomica_ray.train.launch import execute
 
     start = time.perf_counter()
-    out = Path(args.out).resolve()
+    out = Path(args.out).resolve() if args.out else default_out()
     data = {"train": str(out / "data" / "train"), "valid": str(out / "data" / "valid")}
     if not all(os.path.isdir(p) for p in data.values()):
         print(f"writing demo data ({args.n_train} training, {args.n_valid} validation items) to {out / 'data'}")
@@ -79,15 +95,11 @@ def run(args) -> int:
         print(f"using the demo data in {out / 'data'}")
     cfg = demo_config(data, args)
     name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"training {cfg.task} for {cfg.max_epoch} epochs on {cfg.num_workers} Ray CPU workers "
-          f"(run {out / 'runs' / name})")
-    import ray.train
-
-    try:
-        result = fit(cfg, name=name, storage_path=str(out / "runs"), address=args.address)
-    except ray.train.TrainingFailedError as error:
-        print(f"atomica-ray demo: training failed: {error}", file=sys.stderr)
-        return 1
+    print(f"training {cfg.task} for {cfg.max_epoch} epochs on {cfg.num_workers} Ray CPU workers")
+    code, result = execute("demo", cfg, name=name, storage_path=str(out / "runs"), address=args.address,
+                           dashboard=args.dashboard, verbose=args.verbose)
+    if code:
+        return code
 
     column = "affinity" if cfg.task == "PDBBind" else "label"
     train = open_dataset(data["train"], fragmentation_method="PS_300").index[column]

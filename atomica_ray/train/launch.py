@@ -363,27 +363,39 @@ def summary(console, result, cfg: TrainConfig, seconds: float) -> None:
 
 def main(command: str, cfg: TrainConfig, args) -> int:
     """`atomica-ray train` after its config is resolved; returns the exit code."""
+    code, _ = execute(command, cfg, name=args.name, storage_path=args.storage_path, address=args.address,
+                      num_cpus=args.num_cpus, dashboard=args.dashboard, verbose=args.verbose,
+                      argv=getattr(args, "argv", []))
+    return code
+
+
+def execute(command: str, cfg: TrainConfig, name: str | None = None, storage_path: str | None = None,
+            address: str | None = None, num_cpus: int | None = None, dashboard: bool = True, verbose: bool = False,
+            argv=(), summarize: bool = True):
+    """One training run as the commands run it (see the module doc); returns (exit code, Result or None)."""
     from atomica_ray.train import preflight, rundir
     from atomica_ray.train.console import Console
 
-    name = args.name if args.name is not None else default_run_name(cfg)
-    storage = resolve_storage_path(args.storage_path)
+    name = name if name is not None else default_run_name(cfg)
+    storage = resolve_storage_path(storage_path)
     try:
         preflight.check_train(cfg, name, storage)
     except InputError as error:
         print(f"atomica-ray {command}: error: {error}", file=sys.stderr)
-        return 2
+        return 2, None
     cfg = absolute_paths(cfg)
     started = time.monotonic()
-    resume = resume_command(command, getattr(args, "argv", []), name, storage)
+    resume = resume_command(command, list(argv), name, storage)
+    run_dir = join(storage, name)
+    local_dir = Path(run_dir) if "://" not in storage else None
     we_started_ray = False
-    with Console(command, log_path_for(storage, name), args.verbose, cfg.progress_bar) as console:
+    with Console(command, log_path_for(storage, name), verbose, cfg.progress_bar) as console:
         try:
-            console.line(f"run {name}: {join(storage, name)}")
-            for note in rundir.repair(join(storage, name)):
+            console.line(f"run {name}: {run_dir}")
+            for note in rundir.repair(run_dir):
                 console.line(note)
-            num_cpus = args.num_cpus if args.num_cpus is not None else local_cpus_needed(cfg)
-            described = init_ray(args.address, num_cpus, args.dashboard, say=console.line)
+            cpus = num_cpus if num_cpus is not None else local_cpus_needed(cfg)
+            described = init_ray(address, cpus, dashboard, say=console.line)
             we_started_ray = described is not None
             if described:
                 console.line(described)
@@ -394,22 +406,23 @@ def main(command: str, cfg: TrainConfig, args) -> int:
             result = fit(build_trainer(cfg, name, storage))
         except KeyboardInterrupt:
             console.note(traceback.format_exc())
-            if "://" not in storage:
-                rundir.remove_partial_checkpoints(Path(join(storage, name)))
+            if local_dir is not None:
+                rundir.remove_partial_checkpoints(local_dir)
             done = console.last("epoch")
             after = f" after epoch {done['epoch']}" if done else ""
             console.line(f"interrupted{after}: the run keeps its checkpoints; resume it with", err=True)
             console.line(f"  {resume}", err=True)
-            return Interrupted.exit_code
+            return Interrupted.exit_code, None
         except BaseException as error:  # noqa: BLE001 - the one error path
-            if "://" not in storage:
-                rundir.remove_partial_checkpoints(Path(join(storage, name)))
-            return report_failure(console, command, error, args.verbose)
+            if local_dir is not None:
+                rundir.remove_partial_checkpoints(local_dir)
+            return report_failure(console, command, error, verbose), None
         finally:
             if we_started_ray:
                 shutdown_ray()
-        summary(console, result, cfg, time.monotonic() - started)
-    return 0
+        if summarize:
+            summary(console, result, cfg, time.monotonic() - started)
+    return 0, result
 
 
 def shutdown_ray() -> None:

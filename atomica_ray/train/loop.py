@@ -214,6 +214,7 @@ class WorkerRun:
                                 wandb_id=self.state.wandb_id)
         self.state.wandb_id = self.logger.wandb_id
         self.stop_requested = False  # a sweep's scheduler stopped this trial
+        self.last_checkpoint = None  # the name of the last checkpoint reported
         if self.rank == 0:
             emit("start", run=self.name, epoch=self.state.epoch, batch=self.state.batch, max_epoch=cfg.max_epoch,
                  steps_per_epoch=n0, resumed_from=self.resumed_from, init_checkpoint=donor,
@@ -287,6 +288,7 @@ class WorkerRun:
             # validated one. Ray needs a finite number (its checkpoint index stores NaN/inf as null, then fails).
             metrics = {**metrics, key: sys.float_info.max if self.task.mode == "min" else -sys.float_info.max}
         checkpoint, publish = (self._checkpoint(rngs, checkpoint_name) if self.rank == 0 else (None, None))
+        self.last_checkpoint = checkpoint_name
         # Ray hands the checkpoint to `publish` (manifest, rename into place) in a background thread while training
         # goes on, then registers it; the run's end waits for the last one.
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name,
@@ -501,6 +503,14 @@ class WorkerRun:
         marker = self.run_dir / f".crashed_at_step_{self.cfg.crash_at_step}"
         if marker.exists():
             return
+        # Die once Ray has registered the last reported checkpoint (it travels through a background thread and
+        # the controller's poll): the test then knows where the restart resumes.
+        snapshot = self.run_dir / "checkpoint_manager_snapshot.json"
+        deadline = time.monotonic() + 120
+        while self.last_checkpoint and time.monotonic() < deadline:
+            if snapshot.is_file() and self.last_checkpoint in snapshot.read_text():
+                break
+            time.sleep(0.1)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
