@@ -147,6 +147,20 @@ class CheckpointWriteError(RuntimeError):
     pass
 
 
+def write_failure(error: Exception, where: Path) -> str:
+    """Why a write failed, in words: torch's zip writer reports a full disk as "unexpected pos ..."."""
+    free = None
+    for path in (where, *where.parents):
+        try:
+            free = shutil.disk_usage(path).free
+            break
+        except OSError:
+            continue
+    if getattr(error, "errno", None) == 28 or (free is not None and free < 1 << 20):
+        return f"no space left on device ({free} bytes free)" if free is not None else "no space left on device"
+    return f"{type(error).__name__}: {error.strerror if isinstance(error, OSError) and error.strerror else error}"
+
+
 # --- the run of one worker ------------------------------------------------------------------------------------
 
 class WorkerRun:
@@ -317,12 +331,10 @@ class WorkerRun:
             write_checkpoint(tmp, model=self.model, save_atomica=save_atomica, optimizer=self.optimizer,
                              scaler=self.scaler, ema=self.ema, state=self.state, rng_states=rngs,
                              history=self.logger.history, config=self.cfg.to_dict(), manifest=False)
-        except BaseException as error:
+        except Exception as error:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(error, OSError):
-                raise CheckpointWriteError(f"could not write checkpoint {name} in {where}: {error.strerror or error}"
-                                           "; the earlier checkpoints are intact") from error
-            raise
+            raise CheckpointWriteError(f"could not write checkpoint {name} in {where}: {write_failure(error, tmp)}; "
+                                       "the earlier checkpoints are intact") from error
         state = self.state
         info = dict(epoch=state.epoch if state.batch else state.epoch - 1, global_step=state.global_step)
 
@@ -341,9 +353,9 @@ class WorkerRun:
                     rel = file.relative_to(tmp).as_posix()
                     pyarrow.fs.copy_files(str(file), f"{dest}/{rel}", destination_filesystem=fs)
                 return ray.train.Checkpoint(dest, filesystem=fs)
-            except OSError as error:
+            except Exception as error:
                 raise CheckpointWriteError(f"could not write checkpoint {dir_name} in {where}: "
-                                           f"{error.strerror or error}; the earlier checkpoints are intact") from error
+                                           f"{write_failure(error, tmp)}; the earlier checkpoints are intact") from error
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
 
