@@ -5,13 +5,14 @@ One local Ray for the module (started as the command starts it: 127.0.0.1 only);
 their own. Tiny model (hidden 8, 1 layer), 16 training items, 1-4 epochs of a few optimizer steps.
 
 - a worker SIGKILLed mid-epoch under --max_failures: restarted from the latest checkpoint, said on the console;
-- the driver SIGKILLed, relaunched with the same command (resumes), then Ctrl-C (exit 130, the resume command
-  printed), the latest checkpoint truncated, and the printed command run: the damaged checkpoint is set aside and
-  the run resumes from the newest intact one; a relaunch with a larger max_epoch says how the lr schedule stretched;
-- a full disk (a small tmpfs): one error line, the earlier checkpoints intact, no half-written checkpoint left, and
-  the run resumes once there is space;
-- a worker-side error: one line with its cause and the log's path; the traceback only with --verbose;
-- --use-gpu on a machine without GPUs: refused at once with the resources asked for and present;
+- the driver SIGKILLed (a subprocess), relaunched with the same command (resumes), then Ctrl-C (a real SIGINT:
+  exit 130, the resume command printed), the latest checkpoint truncated, and the printed command run: the
+  damaged checkpoint is set aside and the run resumes from the newest intact one;
+- a full disk (a small tmpfs): one error line, the earlier checkpoints intact, no half-written checkpoint left;
+  once there is space the run resumes, and asked for more epochs it says how its lr schedule stretched;
+- a worker-side error: one line with its cause and the log's path (the traceback in the log);
+- --use-gpu on a machine without GPUs: refused at once with the resources asked for and present; the traceback
+  only with --verbose;
 - every port of the local Ray on loopback.
 """
 
@@ -20,10 +21,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -110,12 +113,15 @@ def test_gpu_request_without_gpus_fails_at_once(ray_local, capfd, tmp_path, data
     start = time.monotonic()
     code, out, err = train(capfd, *tiny(data, tmp_path, "gpu", "--use_gpu"))
     assert code == 2 and time.monotonic() - start < 60
-    line = err.strip().splitlines()[-1]
-    assert "cannot run 1 worker(s) of {'CPU': 1.0, 'GPU': 1}" in line and "'CPU': 4.0" in line, err
-    assert "without --use-gpu" in line
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "cannot run 1 worker(s) of {'CPU': 1.0, 'GPU': 1}" in lines[0] and "'CPU': 4.0" in lines[0], err
+    assert "without --use-gpu" in lines[0]
+    code, out, err = train(capfd, *tiny(data, tmp_path, "gpu", "--use_gpu", "--verbose"))  # the traceback too
+    assert code == 2 and "Traceback" in err and "cannot run 1 worker(s)" in err.strip().splitlines()[-1]
 
 
-def test_worker_error_is_one_line_traceback_only_verbose(ray_local, capfd, tmp_path, data):
+def test_worker_error_is_one_line(ray_local, capfd, tmp_path, data):
     failing = ("--max_epoch", "1", "--set", "nonfinite_steps=[0,1,2]", "--max_bad_steps", "3")
     code, out, err = train(capfd, *tiny(data, tmp_path, "bad", *failing))
     assert code == 1
@@ -125,9 +131,7 @@ def test_worker_error_is_one_line_traceback_only_verbose(ray_local, capfd, tmp_p
     assert lines[0].startswith("atomica-ray train: error: worker 0: BadStepsError: 3 optimizer steps in a row had "
                                "a non-finite loss or gradient"), lines[0]
     assert lines[0].endswith(f"(full log: {log})"), lines[0]
-    assert "Traceback" in log.read_text()
-    code, out, err = train(capfd, *tiny(data, tmp_path, "bad-verbose", *failing, "--verbose"))
-    assert code == 1 and "Traceback" in err and err.strip().splitlines()[-1].startswith("atomica-ray train: error:")
+    assert "Traceback" in log.read_text()  # the full story is in the log
 
 
 @pytest.fixture
@@ -154,10 +158,15 @@ def test_full_disk(ray_local, capfd, data, small_disk, tmp_copies):
     assert_nothing_half_written(run)  # the earlier checkpoints are intact, no partial one is left
     assert set(glob.glob("/tmp/atomica-ckpt-*")) == tmp_copies
     subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
-    code, out, err = train(capfd, *args)  # once there is space, the same command resumes
+    # once there is space, the command resumes; asked for more epochs, it stretches the lr schedule and says how
+    code, out, err = train(capfd, *args, "--max_epoch", "4")
     assert code == 0, err
     assert f"resuming from {saved[-1].name}" in out, out
-    assert [r["epoch"] for r in history(run) if r["batch"] == 0] == [0, 1, 2]
+    n = int(sorted(run.glob("checkpoint_epoch0000_*"))[-1].name.rsplit("step", 1)[1])  # steps of an epoch
+    assert (f"max_epoch is 4: the run's length changed from {3 * n} to {4 * n} optimizer steps: the exp_decay "
+            "schedule now decays from") in out and f"to final_lr 0.0002 at step {4 * n} instead of step {3 * n}" in out
+    assert all(2e-4 * (1 - 1e-9) <= r["lr"] <= 2e-3 for r in history(run)), history(run)
+    assert [r["epoch"] for r in history(run) if r["batch"] == 0] == [0, 1, 2, 3]
 
 
 def wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 600):
@@ -175,64 +184,88 @@ def intact(run: Path, epoch: int) -> bool:
     return any((p / "manifest.json").is_file() for p in run.glob(f"checkpoint_epoch{epoch:04d}_*"))
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """Whatever the driver started (its local Ray) that still runs."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def test_driver_killed_relaunched_interrupted_and_resumed(ray_local, capfd, tmp_path, data, tmp_copies):
     args = tiny(data, tmp_path, "driver", "--max_epoch", "3", "--num-cpus", "1", "--no-dashboard")
     run = tmp_path / "driver"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     for key in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_API_SERVER_ADDRESS"):  # the subprocess starts its own Ray
         env.pop(key, None)
-    command = [sys.executable, "-m", "atomica_ray.cli.main", "train", *args]
 
-    # 1. the driver is killed after its first epoch's checkpoint
+    # 1. the driver (a process of its own, with its own local Ray) is killed after its first epoch's checkpoint
     with open(tmp_path / "first.out", "w") as out:
-        first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        first = subprocess.Popen([sys.executable, "-m", "atomica_ray.cli.main", "train", *args], stdout=out,
+                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             wait_for(lambda: intact(run, 0), "the first checkpoint", first)
             first.send_signal(signal.SIGKILL)
             first.wait(60)
         finally:
-            os.killpg(first.pid, signal.SIGKILL)  # what the driver started (its local Ray)
-
+            kill_group(first)
     first_ckpt = sorted(run.glob("checkpoint_epoch0000_*"))[-1].name
-    n = int(first_ckpt.rsplit("step", 1)[1])  # optimizer steps per epoch
 
-    # 2. relaunched with the same command it resumes; Ctrl-C stops it: exit 130 and the command that resumes it
-    shown = tmp_path / "second.out"
-    with open(shown, "w") as out, open(tmp_path / "second.err", "w") as errf:
-        second = subprocess.Popen(command, stdout=out, stderr=errf, env=env, start_new_session=True)
-        try:
-            wait_for(lambda: intact(run, 1) and "epoch 1 (2/3)" in shown.read_text(), "epoch 1", second)
-            second.send_signal(signal.SIGINT)
-            assert second.wait(120) == 130
-        finally:
-            os.killpg(second.pid, signal.SIGKILL)
-    interrupted = (tmp_path / "second.err").read_text().strip().splitlines()
-    assert f"resuming from {first_ckpt} (epoch 1, batch 0)" in shown.read_text(), shown.read_text()
-    assert interrupted[-2].startswith("interrupted after epoch 1: the run keeps its checkpoints"), interrupted
+    # 2. relaunched with the same command (here, in this process, on the module's Ray), it resumes; Ctrl-C (a real
+    # SIGINT to this process once epoch 1 is saved) stops it: exit 130 and the command that resumes it
+    def interrupt():
+        end = time.monotonic() + 600
+        while not intact(run, 1) and time.monotonic() < end:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=interrupt, daemon=True)
+    watcher.start()
+    code, out, err = train(capfd, *args)
+    watcher.join()
+    assert code == 130, out + err
+    assert f"resuming from {first_ckpt} (epoch 1, batch 0)" in out, out
+    interrupted = err.strip().splitlines()
+    assert re.fullmatch(r"interrupted( after epoch \d)?: the run keeps its checkpoints; resume it with",
+                        interrupted[-2]), interrupted
     resume = shlex.split(interrupted[-1])
     assert resume[:2] == ["atomica-ray", "train"] and resume[2:] == args, resume  # the exact command
 
     # 3. the latest checkpoint is damaged (a disk that filled up); the printed command resumes from the intact one
-    latest = sorted(run.glob("checkpoint_epoch0001_*"))[-1]
+    *_, previous, latest = sorted(run.glob("checkpoint_epoch*"))
     state = latest / "train_state.pt"
     size = state.stat().st_size
     state.write_bytes(state.read_bytes()[: size // 2])
     code, out, err = train(capfd, *resume[2:])
     assert code == 0, err
+    epoch, step = (int(x) for x in re.findall(r"\d+", previous.name))
     assert (f"{latest.name} is damaged (train_state.pt has {size // 2} bytes, its manifest says {size}): moved to "
-            f"{run / '.damaged'}; resuming from {first_ckpt} (epoch 0, step {n})") in out, out
+            f"{run / '.damaged'}") in out, out
+    assert f"resuming from {previous.name} (epoch {epoch}, step {step})" in out, out
     assert (run / ".damaged" / latest.name / "model" / "model.pt").is_file()  # set aside, not deleted
-    assert epoch_lines(out) == [1, 2]
+    assert epoch_lines(out) == list(range(epoch + 1, 3))
     rows = [r for r in history(run) if r["batch"] == 0]
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # nothing counted twice
     assert_nothing_half_written(run)
 
-    # 4. a relaunch with more epochs stretches the lr schedule and says how; lr stays within [final_lr, lr]
-    code, out, err = train(capfd, *resume[2:], "--max_epoch", "4")
-    assert code == 0, err
-    assert (f"max_epoch is 4: the run's length changed from {3 * n} to {4 * n} optimizer steps: the exp_decay "
-            "schedule now decays from") in out and f"to final_lr 0.0002 at step {4 * n} instead of step {3 * n}" in out
-    lrs = [r["lr"] for r in history(run)]
-    assert all(2e-4 * (1 - 1e-9) <= lr <= 2e-3 for lr in lrs), lrs
-    assert [r["epoch"] for r in history(run) if r["batch"] == 0] == [0, 1, 2, 3]
     assert set(glob.glob("/tmp/atomica-ckpt-*")) == tmp_copies
+
+
+def test_demo_shows_learning_and_writes_under_the_user_cache(ray_local, capfd, tmp_path, monkeypatch):
+    """The README's command 1 (issue 21, item 1): our epoch lines as it learns, none of Ray's; data and runs in the
+    user cache, nothing in the current directory."""
+    cwd, cache = tmp_path / "cwd", tmp_path / "cache"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("ATOMICA_RAY_CACHE", str(cache))
+    code = main(["demo", "--epochs", "2", "--n-train", "16", "--n-valid", "6", "--num-workers", "1"])
+    out, err = capfd.readouterr()
+    assert code in (0, 1), err  # 1: two epochs on 16 items need not beat the constant predictor
+    assert list(cwd.iterdir()) == []
+    assert (cache / "demo" / "data" / "train" / "dataset.json").is_file()
+    assert len(list((cache / "demo" / "runs").glob("demo-*/checkpoint_epoch*"))) == 2
+    assert epoch_lines(out) == [0, 1], out
+    for ray_chatter in ("TrainController", "RayTrainWorker", "Reporting training result", "TrainingReport",
+                        "core_worker", "Token authentication"):
+        assert ray_chatter not in out + err, ray_chatter
+    assert len(out.splitlines()) < 30, out
