@@ -1,14 +1,17 @@
 """Real sweeps through the `atomica-ray tune` command (subprocesses, each with its own local Ray), on demo data with a
 tiny model.
 
-The ASHA + Optuna sweep (6 trials, 2 logical CPUs: one trial at a time) is also the crash-recovery sweep, to keep
-the suite short: its driver is SIGKILLed once two trials have finished, then `--resume` completes it. The tests
-check that the sweep finished with trials stopped early, that the trials finished before the kill were not run
-again, the results (best config, checkpoint, ATOMICA export, table) and the report. A second sweep checks PBT.
+The ASHA + Optuna sweep (6 trials, 2 CPUs: two one-worker trials at a time, their drivers taking a fraction of a
+CPU) is also the crash-recovery sweep, to keep the suite short: its driver is SIGKILLed once two trials have
+finished, then `--resume` completes it. The tests check the console (our lines, "6 trials, 2 at a time"), that the
+sweep finished with trials stopped early and that a stopped trial trained no epoch after the scheduler's decision,
+that the trials finished before the kill were not run again and no temporary checkpoint copy was left, the results
+(best config, checkpoint, ATOMICA export, table) and the report. A second sweep checks PBT; a third, Ctrl-C.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -93,6 +96,7 @@ def asha_sweep(tmp_path_factory, data):
     experiment = storage / "asha"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = ["--storage-path", str(storage), "--name", "asha", "--num-cpus", "2"]
+    copies = set(glob.glob("/tmp/atomica-ckpt-*"))
     with open(tmp / "first.log", "w") as log:
         first = subprocess.Popen(
             tune_cmd("--config", str(config), "--space", str(space), "--num-samples", str(N_TRIALS),
@@ -114,7 +118,33 @@ def asha_sweep(tmp_path_factory, data):
         resumed = subprocess.run(tune_cmd("--resume", "asha", *args), stdout=log, stderr=subprocess.STDOUT,
                                  env=env, timeout=1500, start_new_session=True)
     return dict(experiment=experiment, done_before=done_before, before=before, runs_before=runs_before,
-                returncode=resumed.returncode, log=(tmp / "resume.log").read_text())
+                returncode=resumed.returncode, log=(tmp / "resume.log").read_text(),
+                first_log=(tmp / "first.log").read_text(), new_copies=set(glob.glob("/tmp/atomica-ckpt-*")) - copies)
+
+
+def test_console_is_ours_two_trials_at_a_time(asha_sweep):
+    first, resumed = asha_sweep["first_log"], asha_sweep["log"]
+    assert f"{N_TRIALS} trials, 2 at a time (optuna search, asha scheduler, val_rmse min)" in first, first
+    assert "(0.1 CPU per trial driver)" in first and "local Ray on 127.0.0.1" in first, first
+    assert "started (lr=" in first and ": epoch 0 (1/4)  train_loss" in first, first
+    for ray_chatter in ("Trial status", "TrainController", "Reporting training result", "Configuration for "
+                        "experiment", "Traceback"):
+        assert ray_chatter not in first + resumed, ray_chatter
+    assert "sweep directory:" in resumed and "best trial:" in resumed, resumed
+    assert not asha_sweep["new_copies"], asha_sweep["new_copies"]  # no temporary checkpoint copy left behind
+
+
+def test_trial_stopped_by_the_scheduler_trains_no_further_epoch(asha_sweep):
+    experiment = asha_sweep["experiment"]
+    stopped = 0
+    for t in load_trials(experiment):
+        train_rows = [json.loads(x) for run in (experiment / "trials").glob(f"{t.trial_id}*")
+                      for x in (run / "metrics_history.jsonl").read_text().splitlines()]
+        tune_epochs = {row["epoch"] for row in t.history}
+        assert {row["epoch"] for row in train_rows} == tune_epochs, t.trial_id  # every epoch reached Tune
+        stopped += max(tune_epochs) + 1 < MAX_EPOCH
+    assert stopped, "no trial was stopped early"
+    assert "stopped by the scheduler after epoch" in asha_sweep["first_log"] + asha_sweep["log"]
 
 
 def test_asha_optuna_sweep_completes_and_stops_trials_early(asha_sweep):
@@ -221,3 +251,28 @@ def test_pbt_exploit_continues_from_donor_checkpoint_with_mutated_lr(tmp_path, d
     ratio = row["config"]["lr"] / donor_cfg["lr"]
     assert min(abs(ratio - 0.8), abs(ratio - 1.2)) < 1e-6, ratio
     assert abs(row["lr"] - row["config"]["lr"]) < 1e-12 and run_config_after["lr"] == row["config"]["lr"]
+
+
+def test_ctrl_c_stops_the_sweep_and_prints_how_to_resume(tmp_path, data):
+    config = run_config(tmp_path, data, max_epoch=20)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"params": {"lr": {"loguniform": [1.0e-4, 1.0e-2]}}}))
+    storage = tmp_path / "runs"
+    out, err = tmp_path / "out.log", tmp_path / "err.log"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen(
+            tune_cmd("--config", str(config), "--space", str(space), "--num-samples", "2", "--scheduler", "fifo",
+                     "--search", "random", "--storage-path", str(storage), "--name", "ctrlc", "--num-cpus", "2",
+                     "--no-dashboard"),
+            stdout=o, stderr=e, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        try:
+            wait_for(lambda: ": epoch 0 (1/20)" in out.read_text(), 900, "a trial's first epoch", proc)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(300)
+        finally:
+            kill_group(proc)
+    lines = err.read_text().strip().splitlines()
+    assert code == 130, out.read_text()[-2000:] + err.read_text()[-2000:]
+    assert lines[-2].startswith("interrupted: ") and "trial(s) unfinished" in lines[-2], lines
+    assert lines[-1].strip() == f"atomica-ray tune --resume ctrlc --storage-path {storage}", lines
+    assert "Traceback" not in out.read_text() + err.read_text() and "best trial" not in out.read_text()
