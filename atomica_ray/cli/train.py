@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         launch.check_inputs(cfg)
+        launch.resolve_storage_path(args.storage_path)
     except (ValueError, FileNotFoundError) as error:
         print(f"atomica-ray train: {error}", file=sys.stderr)
         return 2

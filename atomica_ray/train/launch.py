@@ -22,9 +22,13 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 def resolve_storage_path(path: str | None) -> str:
-    """URIs (s3://, gs://, ...) pass through; local paths become absolute (Ray requires it)."""
+    """URIs (s3://, gs://, ...) pass through (refused if they hold credentials: train/storage.py); local paths become
+    absolute (Ray requires it)."""
+    from atomica_ray.train.storage import check_storage_uri
+
     path = path or DEFAULT_STORAGE
     if "://" in path:
+        check_storage_uri(path)
         return path
     return str(Path(os.path.expanduser(path)).resolve())
 

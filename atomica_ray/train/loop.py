@@ -22,6 +22,7 @@ checkpoint at once and train on until the node goes; Ray restarts the group from
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -39,12 +40,13 @@ from atomica_ray.tasks import get_task
 from atomica_ray.tasks.spec import Task, encoder_kwargs
 from atomica_ray.train import dist
 from atomica_ray.train.checkpoint import (
-    TrainState, model_files, read_history, read_train_state, rng_state, set_rng_state, write_checkpoint,
+    HISTORY_FILE, TrainState, model_files, read_history, read_train_state, rng_state, set_rng_state, write_checkpoint,
 )
 from atomica_ray.train.config import ATOMICA_SEED, TrainConfig
 from atomica_ray.train.ema import EMA
 from atomica_ray.train.logging import RunLogger
 from atomica_ray.train.schedule import apply_hparams, build_optimizer, lr_at
+from atomica_ray.train.storage import RunStorage
 
 PRETRAIN_TASKS = ("pretrain_torsion", "pretrain_gaussian", "pretrain_torsion_masking", "masking")
 
@@ -152,6 +154,7 @@ class WorkerRun:
         self.device = ray.train.torch.get_device()
         self.task = get_task(cfg.task)
         self.run_dir = local_run_dir(self.name)
+        self.storage = RunStorage()
 
         resume = ray.train.get_checkpoint()
         donor = None if resume is not None else cfg.init_checkpoint
@@ -242,6 +245,8 @@ class WorkerRun:
 
         rngs = dist.gather_objects(rng_state())  # collective: every rank's RNG goes into rank 0's checkpoint
         self.logger.log_report(metrics)
+        if self.rank == 0 and not self.storage.is_local:  # object storage: the history next to the checkpoints too
+            self.storage.write_text(HISTORY_FILE, "".join(json.dumps(row) + "\n" for row in self.logger.history))
         key = self.task.selection_metric
         value = metrics.get(key)
         if self.valid_spec is not None and not (isinstance(value, float) and math.isfinite(value)):

@@ -302,9 +302,10 @@ def resolve_settings(base_config: dict, space: SearchSpace, *, name: str, storag
     space.validate_keys(TrainConfig.field_types())
     check_workers(workers_per_trial, gpus_per_trial)
     cfg = TrainConfig.from_dict(base_config, source="run config")
-    # one report per epoch: the schedulers count epochs in training iterations
-    cfg = cfg.replace(num_workers=workers_per_trial, use_gpu=bool(gpus_per_trial), report_every_steps=0,
-                      progress_bar=False)
+    # one report per epoch: the schedulers count epochs in training iterations; a trial holds a fixed worker group
+    # (max_workers None): concurrency is derived from its size
+    cfg = cfg.replace(num_workers=workers_per_trial, max_workers=None, use_gpu=bool(gpus_per_trial),
+                      report_every_steps=0, progress_bar=False)
     if scheduler == "pbt":
         cfg = cfg.replace(save_topk=-1)  # a donor's checkpoint must outlive later, better ones
     check_inputs(cfg)
