@@ -53,6 +53,15 @@ def wait_for(predicate, timeout: float, what: str, failed=lambda: None):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def refresh_resource_view() -> None:
+    """Make Ray's AutoscalingCoordinator look at the cluster's nodes now, as its 20 s tick would: the elastic
+    policy sizes a worker group from that view, and a test need not wait for the tick."""
+    import ray
+
+    coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+    ray.get(coordinator.get_reserved_resources.remote("atomica-ray-test", recompute=True), timeout=60)
+
+
 def latest_checkpoint(run_dir: Path) -> str | None:
     """The checkpoint Ray Train has committed as the latest (what a restart resumes from)."""
     try:
@@ -74,13 +83,14 @@ def cluster():
         # Ray Train polls the drain state every 5 s by default; a test needs no such wait
         RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="0.5",
         # a placement group asked for a node that just went fails after this long, and Ray retries smaller
-        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="20",
+        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="10",
         # no dashboard here: point Train's placement-group cleaner at a closed port, never at another cluster's
         RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{free_port()}",
     )
     temp = tempfile.mkdtemp(prefix="arel-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     c = Cluster(initialize_head=True, connect=True,
-                head_node_args=dict(num_cpus=0, port=free_port(), include_dashboard=False, temp_dir=temp))
+                head_node_args=dict(num_cpus=0, gcs_server_port=free_port(), include_dashboard=False,
+                                   temp_dir=temp))
     nodes = [c.add_node(num_cpus=1) for _ in range(2)]
     c.wait_for_nodes()
     try:
@@ -117,49 +127,58 @@ def spot_run(cluster, data, tmp_path_factory):
     events: dict = {}
     outcome: dict = {}
 
+    def fit():
+        try:
+            outcome["result"] = build_trainer(cfg, run_name="spot", storage_path=str(storage)).fit()
+        except BaseException as error:
+            outcome["error"] = error
+
     def held(step):
         return (run_dir / f".held_at_step_{step}").is_file()
 
     def committed(name):  # a restart resumes from the latest checkpoint Ray Train has committed
         return name in (latest_checkpoint(run_dir) or "")
 
-    def drive():
-        try:
-            ended = lambda: outcome.get("error")  # noqa: E731
-            wait_for(lambda: held(2), 300, "the hold at step 2", ended)
-            events["workers_at_2"] = (run_dir / ".held_at_step_2").read_text()
-            wait_for(lambda: committed("step00000002"), 60, "the step-2 checkpoint", ended)
-            c.remove_node(nodes[1])  # a node lost without notice: its worker dies with it
-            wait_for(lambda: held(4), 300, "the hold at step 4 (after the node loss)", ended)
-            events["workers_at_4"] = (run_dir / ".held_at_step_4").read_text()
-            wait_for(lambda: committed("step00000004"), 60, "the step-4 checkpoint", ended)
-            events["added"] = c.add_node(num_cpus=1)
-            wait_for(lambda: held(9), 300, "the hold at step 9 (after the node was added)", ended)
-            events["workers_at_9"] = (run_dir / ".held_at_step_9").read_text()
-            victim = events["added"]  # one worker per one-CPU node: it hosts one of the two
-            drain = subprocess.run(
-                [sys.executable, "-m", "ray.scripts.scripts", "drain-node", "--address", c.address,
-                 "--node-id", victim.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
-                 "--reason-message", "spot instance reclaimed", "--deadline-remaining-seconds",
-                 str(DRAIN_DEADLINE_S)], capture_output=True, text=True, timeout=120)
-            events["drain"] = drain.returncode, drain.stdout + drain.stderr
-            # the cloud takes the node once the just-in-time checkpoint is committed (or at the deadline)
-            wait_for(lambda: committed("_preempted"), DRAIN_DEADLINE_S, "the just-in-time checkpoint", ended)
-            c.remove_node(victim)
-            events["preempted"] = True
-        except BaseException as error:  # reported by the tests; fit() goes on or fails on its own
-            events["error"] = error
-
-    thread = threading.Thread(target=drive, daemon=True)
+    # fit() in a thread: the cluster is driven from this (main) thread, where Ray can start a node
+    thread = threading.Thread(target=fit, daemon=True)
+    t0 = time.time()
     thread.start()
+    ended = lambda: outcome.get("error")  # noqa: E731
     try:
-        result = build_trainer(cfg, run_name="spot", storage_path=str(storage)).fit()
-    except Exception as error:
-        outcome["error"] = error
-        result = None
-    thread.join(timeout=60)
+        wait_for(lambda: held(2), 300, "the hold at step 2", ended)
+        events["workers_at_2"] = (run_dir / ".held_at_step_2").read_text()
+        wait_for(lambda: committed("step00000002"), 60, "the step-2 checkpoint", ended)
+        c.remove_node(nodes[1])  # a node lost without notice: its worker dies with it
+        refresh_resource_view()
+        events["t_removed"] = time.time() - t0
+        wait_for(lambda: held(4), 300, "the hold at step 4 (after the node loss)", ended)
+        events["workers_at_4"] = (run_dir / ".held_at_step_4").read_text()
+        wait_for(lambda: committed("step00000004"), 60, "the step-4 checkpoint", ended)
+        events["added"] = c.add_node(num_cpus=1)
+        refresh_resource_view()
+        events["t_added"] = time.time() - t0
+        wait_for(lambda: held(9), 300, "the hold at step 9 (after the node was added)", ended)
+        events["workers_at_9"] = (run_dir / ".held_at_step_9").read_text()
+        victim = events["added"]  # one worker per one-CPU node: it hosts one of the two
+        drain = subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "drain-node", "--address", c.address,
+             "--node-id", victim.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+             "--reason-message", "spot instance reclaimed", "--deadline-remaining-seconds",
+             str(DRAIN_DEADLINE_S)], capture_output=True, text=True, timeout=120)
+        events["drain"] = drain.returncode, drain.stdout + drain.stderr
+        # the cloud takes the node once the just-in-time checkpoint is committed (or at the deadline)
+        wait_for(lambda: committed("_preempted"), DRAIN_DEADLINE_S, "the just-in-time checkpoint", ended)
+        events["t_jit"] = time.time() - t0
+        c.remove_node(victim)
+        refresh_resource_view()
+        events["preempted"] = True
+    except AssertionError as error:  # reported by the tests, after the run has ended one way or another
+        events["error"] = error
+    thread.join(timeout=600)
+    events["t_end"] = time.time() - t0
+    Path("/tmp/i20_timeline.txt").write_text(repr(events))
     rows = [json.loads(line) for line in (run_dir / "metrics_history.jsonl").read_text().splitlines()]
-    return dict(result=result, rows=rows, events=events, run_dir=run_dir, error=outcome.get("error"))
+    return dict(result=outcome.get("result"), rows=rows, events=events, run_dir=run_dir, error=outcome.get("error"))
 
 
 def at_step(rows, step):
