@@ -187,7 +187,7 @@ class TrainConfig:
         if self.num_workers < 1:
             raise bad("num_workers", "must be >= 1")
         if self.max_workers is not None and self.max_workers < self.num_workers:
-            raise bad("max_workers", f"must be >= num_workers ({self.num_workers}); elastic runs: --num-workers MIN:MAX")
+            raise bad("max_workers", f"must be >= num_workers ({self.num_workers}); elastic: --num-workers MIN:MAX")
         if self.resize_interval_s <= 0:
             raise bad("resize_interval_s", "must be > 0")
         if self.max_preemptions < -1:
