@@ -78,7 +78,11 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     saved = dict(os.environ)
+    temp = tempfile.mkdtemp(prefix="arel-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     os.environ.update(
+        # Cluster writes the address of "the" local cluster to <RAY_TMPDIR>/ray/ray_current_cluster, which a plain
+        # ray.init() elsewhere on this machine would join: keep it private
+        RAY_TMPDIR=temp,
         RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", RAY_USAGE_STATS_ENABLED="0",
         # Ray Train polls the drain state every 5 s by default; a test needs no such wait
         RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="0.5",
@@ -87,7 +91,6 @@ def cluster():
         # no dashboard here: point Train's placement-group cleaner at a closed port, never at another cluster's
         RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{free_port()}",
     )
-    temp = tempfile.mkdtemp(prefix="arel-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     c = Cluster(initialize_head=True, connect=True,
                 head_node_args=dict(num_cpus=0, gcs_server_port=free_port(), include_dashboard=False,
                                    temp_dir=temp))

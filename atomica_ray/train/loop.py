@@ -8,6 +8,7 @@ checkpoints, with the batch position) also happen inside an epoch.
 
 Resuming: `ray.train.get_checkpoint()` (a worker-group restart under FailureConfig, or a relaunch with the same
 storage path and name) restores everything, so the run continues at the next batch as if nothing happened.
+`init_checkpoint` starts a new run from another run's checkpoint, with this config's hyperparameters.
 
 Elastic runs and preemption: an optimizer step is always `micro_batches_per_step` consecutive batches of the
 epoch's one batch sequence (data/batching.py), dealt to however many workers there are now; each worker scales its
@@ -16,7 +17,6 @@ batches whatever the world size (fewer workers accumulate more). The position sa
 index of that sequence, so a group restarted smaller or larger goes on with the next unseen batch. When Ray reports
 that a node of the run is being drained (spot reclaim; `get_preemption_info`), the workers write a just-in-time
 checkpoint at once and train on until the node goes; Ray restarts the group from it.
-`init_checkpoint` starts a new run from another run's checkpoint, with this config's hyperparameters.
 """
 
 from __future__ import annotations
