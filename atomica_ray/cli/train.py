@@ -19,7 +19,7 @@ import typing
 from atomica_ray.train.config import TrainConfig, load_yaml
 
 # config keys the command line does not expose as flags (reachable with --set)
-HIDDEN = {"crash_at_step", "nonfinite_steps"}
+HIDDEN = {"crash_at_step", "nonfinite_steps", "hold_at_steps"}
 # flag spellings that differ from "--key" / "--key-with-hyphens"
 SPELLINGS = {
     "num_workers": ["--num-workers"],  # Ray workers; ATOMICA's --num_workers means loader processes
