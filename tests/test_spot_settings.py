@@ -47,15 +47,17 @@ def test_rayjob_runs_an_elastic_job():
 
 @pytest.mark.parametrize("relpath,cloud", [("aws.yaml", "aws"), ("gcp.yaml", "gcp")])
 def test_launcher_spot_nodes_watch_for_the_reclaim_notice(relpath, cloud):
-    types = yaml.safe_load((CLUSTER / relpath).read_text())["available_node_types"]
-    for name, node in types.items():
-        commands = " ".join(node.get("worker_setup_commands", []))
-        if "spot" in name:
-            argv = shlex.split(commands.split(">")[0])[1:]  # without nohup and the redirection
-            assert argv == ["atomica-ray", "spot-watch", "--cloud", cloud], commands
-            atomica_ray_args(argv)
-        else:
-            assert "spot-watch" not in commands, name
+    config = yaml.safe_load((CLUSTER / relpath).read_text())
+    for name, node in config["available_node_types"].items():
+        if "spot" not in name:
+            assert "spot-watch" not in " ".join(node.get("worker_setup_commands", [])), name
+            continue
+        # a node type's own worker_setup_commands replace the global setup_commands (Ray's launcher)
+        *setup, watch = node["worker_setup_commands"]
+        assert setup == config["setup_commands"], setup
+        argv = shlex.split(watch.split(">")[0])[1:]  # without nohup and the redirection
+        assert argv == ["atomica-ray", "spot-watch", "--cloud", cloud], watch
+        atomica_ray_args(argv)
 
 
 def test_spot_watch_drains_with_the_clouds_deadline():
