@@ -79,6 +79,7 @@ def cluster():
 
     saved = dict(os.environ)
     temp = tempfile.mkdtemp(prefix="arel-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    os.makedirs(os.path.join(temp, "ray"))
     os.environ.update(
         # Cluster writes the address of "the" local cluster to <RAY_TMPDIR>/ray/ray_current_cluster, which a plain
         # ray.init() elsewhere on this machine would join: keep it private

@@ -124,7 +124,7 @@ class TrainConfig:
     crash_marker: str | None = None
     # debug: make the loss of optimizer steps in this list non-finite (every rank), to exercise the skip logic
     nonfinite_steps: list[int] = field(default_factory=list)
-    # Wait up to 120 s after optimizer step N (once per run; asking Ray about preemption every 0.5 s), so that a
+    # Wait up to 10 minutes after optimizer step N (once per run; asking Ray about preemption every 0.5 s), so that a
     # test can remove, add or drain a node while the run is mid-epoch.
     hold_at_steps: list[int] = field(default_factory=list)
 

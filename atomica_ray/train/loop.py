@@ -428,7 +428,7 @@ class WorkerRun:
         self.window = [0.0, 0.0]
 
     def _maybe_hold(self) -> None:
-        """Test hook (hold_at_steps): after optimizer step N, once per run, wait up to 120 s, asking Ray about
+        """Test hook (hold_at_steps): after optimizer step N, once per run, wait up to 10 minutes, asking Ray about
         preemption every 0.5 s, so that a test can remove, add or drain a node while the run is mid-epoch."""
         step = self.state.global_step
         if step not in self.holds:
@@ -437,7 +437,7 @@ class WorkerRun:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / f".held_at_step_{step}").write_text(str(self.world))
-        for _ in range(240):  # the same count on every rank: each check is a barrier
+        for _ in range(1200):  # the same count on every rank: each check is a barrier
             time.sleep(0.5)
             self._check_preemption()
 
