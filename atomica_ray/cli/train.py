@@ -70,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             keys.add_argument(*_flag_names(key), dest=key, action=argparse.BooleanOptionalAction,
                               default=argparse.SUPPRESS, help=help_)
         else:
+            metavar = "N|MIN:MAX" if key == "num_workers" else base.__name__.upper()  # MIN:MAX: elastic
             keys.add_argument(*_flag_names(key), dest=key, type=str, default=argparse.SUPPRESS,
-                              metavar=base.__name__.upper(), help=help_)
+                              metavar=metavar, help=help_)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
