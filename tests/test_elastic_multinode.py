@@ -92,16 +92,18 @@ def cluster():
         # no dashboard here: point Train's placement-group cleaner at a closed port, never at another cluster's
         RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{free_port()}",
     )
-    c = Cluster(initialize_head=True, connect=True,
-                head_node_args=dict(num_cpus=0, gcs_server_port=free_port(), include_dashboard=False,
-                                   temp_dir=temp))
-    nodes = [c.add_node(num_cpus=1) for _ in range(2)]
-    c.wait_for_nodes()
+    c = None
     try:
+        c = Cluster(initialize_head=True, connect=True,
+                    head_node_args=dict(num_cpus=0, gcs_server_port=free_port(), include_dashboard=False,
+                                        temp_dir=temp))
+        nodes = [c.add_node(num_cpus=1) for _ in range(2)]
+        c.wait_for_nodes()
         yield c, nodes
     finally:
         ray.shutdown()
-        c.shutdown()
+        if c is not None:
+            c.shutdown()
         os.environ.clear()
         os.environ.update(saved)
         shutil.rmtree(temp, ignore_errors=True)

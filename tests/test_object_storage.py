@@ -50,17 +50,17 @@ def s3(tmp_path_factory):
     with open(log, "w") as out:
         server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=out, stderr=subprocess.STDOUT)
-    client = boto3.client("s3")
-    deadline = time.time() + 60
-    while True:
-        try:
-            client.create_bucket(Bucket=BUCKET)
-            break
-        except Exception:
-            if server.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"moto server did not come up: {log.read_text()[-2000:]}") from None
-            time.sleep(0.3)
     try:
+        client = boto3.client("s3")
+        deadline = time.time() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                if server.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"moto server did not come up: {log.read_text()[-2000:]}") from None
+                time.sleep(0.3)
         yield dict(client=client, secret=secret, bucket=BUCKET)
     finally:
         server.terminate()
