@@ -56,7 +56,9 @@ def key_help(d: dict, metavar: str) -> str:
     return f"{d['help']} [{bounds + '; ' if bounds else ''}default {_yaml_value(d['default'])}]"
 
 
-def _metavar(d: dict) -> str:
+def _metavar(key: str, d: dict) -> str:
+    if key == "num_workers":
+        return "N|MIN:MAX"  # MIN:MAX: elastic
     if d.get("choices"):
         text = "|".join("null" if c is None else str(c) for c in d["choices"])
         return text if len(text) <= 24 else "NAME"
@@ -102,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if d["section"] not in groups:
             groups[d["section"]] = parser.add_argument_group(f"config keys: {d['section']}")
         group, (shown, *others) = groups[d["section"]], _flag_names(key)
-        metavar = _metavar(d)
+        metavar = _metavar(key, d)
         if _scalar_type(d["type"]) is bool:
             group.add_argument(shown, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=key_help(d, metavar))

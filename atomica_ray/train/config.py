@@ -136,10 +136,18 @@ class TrainConfig:
     init_checkpoint: str | None = key(None, "start from another run's checkpoint dir (this config's hparams win)")
 
     # --- Ray -------------------------------------------------------------------------------------------------
-    num_workers: int = key(1, "Ray Train workers (one per GPU)", ge=1)
+    num_workers: int = key(1, "Ray Train workers (one per GPU); --num-workers MIN:MAX: elastic, sets max_workers",
+                           ge=1)
+    max_workers: int | None = key(None, "elastic: grow to this many workers when the cluster has room, shrink down "
+                                        "to num_workers (null: a fixed size)", ge=1)
+    resize_interval_s: float = key(60.0, "elastic: how often Ray looks for room to grow the worker group (s)", gt=0)
     use_gpu: bool = key(False, "one GPU per worker")
     cpus_per_worker: float = key(1.0, "CPUs each worker reserves", gt=0)
     max_failures: int = key(0, "worker-group restarts from the latest checkpoint (-1: unlimited)", ge=-1)
+    max_preemptions: int = key(-1, "restarts after a node preemption, apart from max_failures (-1: no limit)",
+                               ge=-1)
+    preemption_check_steps: int = key(10, "ask Ray every N optimizer steps whether a node is being preempted",
+                                      ge=1)
 
     # --- logging ---------------------------------------------------------------------------------------------
     use_wandb: bool = key(False, "log to Weights & Biases")
@@ -158,6 +166,10 @@ class TrainConfig:
     crash_marker: str | None = key(None, "test hook: unused (kept for old configs)", hidden=True)
     # debug: make the loss of optimizer steps in this list non-finite (every rank), to exercise the skip logic
     nonfinite_steps: list[int] = key([], "test hook: optimizer steps whose loss is made non-finite", hidden=True)
+    # Wait up to 10 minutes after optimizer step N (once per run; asking Ray about preemption every 0.5 s), so that a
+    # test can remove, add or drain a node while the run is mid-epoch.
+    hold_at_steps: list[int] = key([], "test hook: wait after these optimizer steps (nodes change meanwhile)",
+                                   hidden=True)
     # a sweep's trial: the named actor through which the trial passes Tune's decisions to the workers
     trial_gate: str | None = key(None, "set by `atomica-ray tune`: the trial's gate actor", hidden=True)
 
@@ -183,6 +195,7 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{source}: expected a mapping of key: value, got {type(values).__name__}")
         types_ = cls.field_types()
+        values = split_worker_range(values, source)
         unknown = sorted(set(values) - set(types_))
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {unknown}; `atomica-ray train --help` lists the keys")
@@ -209,7 +222,7 @@ class TrainConfig:
             if not sep or not key_.strip():
                 raise ValueError(f"{source}: expected key=value, got {text!r}")
             try:
-                changes[key_.strip()] = yaml.safe_load(value) if value.strip() else None
+                changes[key_.strip()] = yaml.load(value, Loader=ConfigLoader) if value.strip() else None
             except yaml.YAMLError as e:
                 raise ValueError(f"{source}: {text!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
         return TrainConfig.from_dict({**self.to_dict(), **changes}, source=source)
@@ -228,6 +241,8 @@ class TrainConfig:
             raise bad("num_classifier_classes", "multiclass_classifier needs the number of classes")
         if self.final_lr is not None and self.final_lr > self.lr:
             raise bad("final_lr", f"must not exceed lr ({self.lr:g}): the schedule decays from lr to final_lr")
+        if self.max_workers is not None and self.max_workers < self.num_workers:
+            raise bad("max_workers", f"must be >= num_workers ({self.num_workers}); elastic: --num-workers MIN:MAX")
         if (self.pretrain_config is None) != (self.pretrain_weights is None):
             raise bad("pretrain_config", "pretrain_config and pretrain_weights go together")
         if self.atom_noise and self.torsion_noise:
@@ -235,6 +250,16 @@ class TrainConfig:
         for key_ in ("train_set", "valid_set", "pretrain_config", "pretrain_weights", "init_checkpoint"):
             if getattr(self, key_) == "":
                 raise bad(key_, "an empty path; use null for none")
+
+    @property
+    def elastic(self) -> bool:
+        return self.max_workers is not None and self.max_workers > self.num_workers
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Batches of one optimizer step over all workers: grad_accum x the largest worker count. Held fixed when an
+        elastic run changes size (each worker then accumulates more or fewer of them)."""
+        return self.grad_accum * (self.max_workers or self.num_workers)
 
     @property
     def final_lr_value(self) -> float:
@@ -285,13 +310,40 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that `2:8` stays the string "2:8": YAML 1.1 reads it as a base-60 integer (128),
+    never what a config means (`num_workers: 2:8` is an elastic range)."""
+
+
+def _int_or_range(loader: yaml.SafeLoader, node: yaml.ScalarNode):
+    if ":" in node.value:
+        return node.value
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", _int_or_range)
+
+
+def split_worker_range(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`num_workers: "MIN:MAX"` (the --num-workers 2:8 spelling) -> num_workers MIN, max_workers MAX."""
+    text = values.get("num_workers")
+    if not (isinstance(text, str) and ":" in text):
+        return values
+    low, _, high = text.partition(":")
+    try:
+        low_n, high_n = int(low), int(high)
+    except ValueError:
+        raise ValueError(f"{source}: key 'num_workers': expected N or MIN:MAX (e.g. 2:8), got {text!r}") from None
+    return {**values, "num_workers": low_n, "max_workers": high_n}
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
         with open(path) as f:
-            values = yaml.safe_load(f) or {}
+            values = yaml.load(f, Loader=ConfigLoader) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
     except (OSError, UnicodeDecodeError) as e:
