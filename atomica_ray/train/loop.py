@@ -572,11 +572,15 @@ class WorkerRun:
             return
         # Die once Ray has registered the last reported checkpoint (it travels through a background thread and
         # the controller's poll): the test then knows where the restart resumes.
-        snapshot = self.run_dir / "checkpoint_manager_snapshot.json"
+        snapshot = f"{self.storage.path}/checkpoint_manager_snapshot.json"
         deadline = time.monotonic() + 120
         while self.last_checkpoint and time.monotonic() < deadline:
-            if snapshot.is_file() and self.last_checkpoint in snapshot.read_text():
-                break
+            try:
+                with self.storage.fs.open_input_stream(snapshot) as f:
+                    if self.last_checkpoint in f.read().decode():
+                        break
+            except (OSError, ValueError):  # not written yet
+                pass
             time.sleep(0.1)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(os.getpid()))
