@@ -5,7 +5,7 @@ One local Ray for the module (started as the command starts it: 127.0.0.1 only);
 their own. Tiny model (hidden 8, 1 layer), 16 training items, 1-4 epochs of a few optimizer steps.
 
 - a worker SIGKILLed mid-epoch under --max_failures: restarted from the latest checkpoint, said on the console;
-- the driver SIGKILLed (a subprocess), relaunched with the same command (resumes), then Ctrl-C (a real SIGINT:
+- the driver SIGKILLed (a subprocess; none of its Ray's processes outlives it), relaunched with the same command (resumes), then Ctrl-C (a real SIGINT:
   exit 130, the resume command printed), the latest checkpoint truncated, and the printed command run: the
   damaged checkpoint is set aside and the run resumes from the newest intact one;
 - a full disk (a small tmpfs): one error line, the earlier checkpoints intact, no half-written checkpoint left;
@@ -184,6 +184,25 @@ def intact(run: Path, epoch: int) -> bool:
     return any((p / "manifest.json").is_file() for p in run.glob(f"checkpoint_epoch{epoch:04d}_*"))
 
 
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.getpgid(int(entry)) == pgid:
+                members.append(int(entry))
+        except OSError:
+            continue
+    return members
+
+
+def assert_no_orphans(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Nothing the killed driver started (its local Ray, the agents included) outlives it for long."""
+    end = time.monotonic() + timeout
+    while group_members(proc.pid) and time.monotonic() < end:
+        time.sleep(1)
+    assert not group_members(proc.pid), f"left running: {group_members(proc.pid)}"
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """Whatever the driver started (its local Ray) that still runs."""
     try:
@@ -207,6 +226,7 @@ def test_driver_killed_relaunched_interrupted_and_resumed(ray_local, capfd, tmp_
             wait_for(lambda: intact(run, 0), "the first checkpoint", first)
             first.send_signal(signal.SIGKILL)
             first.wait(60)
+            assert_no_orphans(first)
         finally:
             kill_group(first)
     first_ckpt = sorted(run.glob("checkpoint_epoch0000_*"))[-1].name

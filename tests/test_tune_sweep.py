@@ -67,6 +67,24 @@ def finished(experiment: Path) -> list[str]:
     return sorted(t for t, (status, _) in statuses.items() if status == "TERMINATED")
 
 
+def leftovers(pgid: int, timeout: float = 120) -> list[int]:
+    """The processes of a killed driver's group still running after `timeout` (its local Ray should follow it)."""
+    def members():
+        out = []
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and os.getpgid(int(entry)) == pgid:
+                    out.append(int(entry))
+            except OSError:
+                continue
+        return out
+
+    end = time.time() + timeout
+    while members() and time.time() < end:
+        time.sleep(1)
+    return members()
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """Clean up whatever the sweep process started (its own session) that is still running."""
     try:
@@ -111,6 +129,7 @@ def asha_sweep(tmp_path_factory, data):
                            for t in done_before}
             first.send_signal(signal.SIGKILL)  # the driver dies mid-sweep
             first.wait(60)
+            orphans = leftovers(first.pid)
         finally:
             kill_group(first)
     assert len(done_before) < N_TRIALS, "the sweep finished before it could be interrupted"
@@ -119,7 +138,8 @@ def asha_sweep(tmp_path_factory, data):
                                  env=env, timeout=1500, start_new_session=True)
     return dict(experiment=experiment, done_before=done_before, before=before, runs_before=runs_before,
                 returncode=resumed.returncode, log=(tmp / "resume.log").read_text(),
-                first_log=(tmp / "first.log").read_text(), new_copies=set(glob.glob("/tmp/atomica-ckpt-*")) - copies)
+                first_log=(tmp / "first.log").read_text(), new_copies=set(glob.glob("/tmp/atomica-ckpt-*")) - copies,
+                orphans=orphans)
 
 
 def test_console_is_ours_two_trials_at_a_time(asha_sweep):
@@ -132,6 +152,7 @@ def test_console_is_ours_two_trials_at_a_time(asha_sweep):
         assert ray_chatter not in first + resumed, ray_chatter
     assert "sweep directory:" in resumed and "best trial:" in resumed, resumed
     assert not asha_sweep["new_copies"], asha_sweep["new_copies"]  # no temporary checkpoint copy left behind
+    assert not asha_sweep["orphans"], asha_sweep["orphans"]  # the killed driver's Ray went with it
 
 
 def test_trial_stopped_by_the_scheduler_trains_no_further_epoch(asha_sweep):

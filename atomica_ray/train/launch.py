@@ -178,7 +178,7 @@ def start_local_ray(num_cpus: int | None = None, dashboard: bool = True, say=war
     looks its cluster up by address, and with other Ray instances on the machine it would find the wrong one.
 
     A start that fails (on a busy machine: the dashboard, or the node, timing out) is retried once without the
-    dashboard, saying so.
+    dashboard, saying so. A watcher (`reaper`) removes Ray's processes if this driver is killed.
     """
     import ray
     from ray._private import ray_constants
@@ -212,6 +212,9 @@ def start_local_ray(num_cpus: int | None = None, dashboard: bool = True, say=war
             say(f"local Ray did not start ({type(error).__name__}: {reason}); retrying without its dashboard")
             continue
         _LOCAL_RAY["gcs"] = ray.get_runtime_context().gcs_address
+        from atomica_ray.train import reaper
+
+        reaper.start()  # Ray's agents outlive a driver killed with SIGKILL: they go with it
         cpus = ray.cluster_resources().get("CPU", 0)
         url = str(context.dashboard_url or "").removeprefix("http://")
         where = f"dashboard http://{url}" if with_dashboard and url else "no dashboard"
