@@ -68,11 +68,16 @@ def watch(driver: int) -> None:
                 pass
 
 
+_WATCHED: set[int] = set()
+
+
 def start(driver: int | None = None) -> None:
-    """Watch `driver` (this process by default) from a process of its own."""
-    if not os.path.isdir("/proc/self"):
+    """Watch `driver` (this process by default) from a process of its own; once per driver."""
+    driver = driver or os.getpid()
+    if driver in _WATCHED or not os.path.isdir("/proc/self"):
         return
-    subprocess.Popen([sys.executable, "-m", "atomica_ray.train.reaper", str(driver or os.getpid())],
+    _WATCHED.add(driver)
+    subprocess.Popen([sys.executable, "-m", "atomica_ray.train.reaper", str(driver)],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, close_fds=True)
 
