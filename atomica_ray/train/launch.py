@@ -337,7 +337,8 @@ def report_failure(console, command: str, error: BaseException, verbose: bool) -
         console.line(f"atomica-ray {command}: error: {error}", err=True)
         return 2
     cause = error.cause if isinstance(error, RunFailed) else cause_of(error)
-    console.line(f"atomica-ray {command}: error: {cause} (full log: {console.log_path})", err=True)
+    where = f"log, cut short: {console.log_path}" if console.log_failed else f"full log: {console.log_path}"
+    console.line(f"atomica-ray {command}: error: {cause} ({where})", err=True)
     return 1
 
 
