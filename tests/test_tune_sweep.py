@@ -165,7 +165,7 @@ def test_trial_stopped_by_the_scheduler_trains_no_further_epoch(asha_sweep):
         assert {row["epoch"] for row in train_rows} == tune_epochs, t.trial_id  # every epoch reached Tune
         stopped += max(tune_epochs) + 1 < MAX_EPOCH
     assert stopped, "no trial was stopped early"
-    assert "stopped by the scheduler after epoch" in asha_sweep["first_log"] + asha_sweep["log"]
+    assert "stopped by Tune after epoch" in asha_sweep["first_log"] + asha_sweep["log"]
 
 
 def test_asha_optuna_sweep_completes_and_stops_trials_early(asha_sweep):

@@ -14,6 +14,7 @@ prints any worker output; they stay readable.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -76,11 +77,21 @@ def epoch_line(e: dict) -> str:
     return "  ".join(parts)
 
 
-class _LogStream:
-    """A text stream into the console's log file."""
+class _LogStream(io.TextIOBase):
+    """A text stream into the console's log file (stands in for sys.stdout)."""
+
+    encoding = "utf-8"
+    errors = "replace"
 
     def __init__(self, console: "Console"):
+        super().__init__()
         self.console = console
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.console.log.fileno()
 
     def write(self, text: str) -> int:
         self.console.write(text)
@@ -104,7 +115,7 @@ def trial_status(e: dict, console: "Console") -> str:
                  {})
     epoch = e.get("epoch")
     if status == "stopped" and epoch is not None and epoch + 1 < start.get("max_epoch", epoch + 2):
-        return f"stopped by the scheduler after epoch {epoch}"
+        return f"stopped by Tune after epoch {epoch}"  # its scheduler (ASHA), or Ctrl-C
     return "finished" + (f" (last epoch {epoch})" if epoch is not None else "")
 
 
