@@ -147,6 +147,10 @@ def test_console_is_ours_two_trials_at_a_time(asha_sweep):
     assert f"{N_TRIALS} trials, 2 at a time (optuna search, asha scheduler, val_rmse min)" in first, first
     assert "(0.1 CPU per trial driver)" in first and "local Ray on 127.0.0.1" in first, first
     assert "started (lr=" in first and ": epoch 0 (1/4)  train_loss" in first, first
+    lines = first.splitlines()
+    started = [i for i, line in enumerate(lines) if line.endswith(")") and ": started (lr=" in line]
+    ended = [i for i, line in enumerate(lines) if ": finished" in line or ": stopped by Tune" in line]
+    assert len(started) >= 2 and started[1] < ended[0], first  # two trials ran at once
     for ray_chatter in ("Trial status", "TrainController", "Reporting training result", "Configuration for "
                         "experiment", "Traceback"):
         assert ray_chatter not in first + resumed, ray_chatter

@@ -108,6 +108,7 @@ def drive(args: argparse.Namespace, settings, resume: bool) -> int:
     """Everything after the driver-side checks: console, Ray, the sweep, its summary."""
     from atomica_ray.train import launch
     from atomica_ray.train.console import LOG_NAME, Console
+    from atomica_ray.train.errors import InputError
     from atomica_ray.tune import sweep
 
     experiment = settings.experiment_dir
@@ -124,7 +125,10 @@ def drive(args: argparse.Namespace, settings, resume: bool) -> int:
             if described:
                 console.line(described + f" ({sweep.TRIAL_DRIVER_CPU:g} CPU per trial driver)")
             console.attach_ray()
-            concurrency = sweep.concurrency_for(settings)
+            try:
+                concurrency = sweep.concurrency_for(settings)
+            except ValueError as error:  # the cluster cannot run one trial: a bad request, before anything waits
+                raise InputError(str(error)) from None
             console.line(f"{sweep.expected_trials(settings)} trials, {concurrency} at a time "
                          f"({settings.search} search, {settings.scheduler} scheduler, {settings.metric} "
                          f"{settings.mode}); log: {console.log_path}")

@@ -157,6 +157,21 @@ class CheckpointWriteError(RuntimeError):
     pass
 
 
+def remove_stale_copies() -> None:
+    """Local copies of checkpoints bound for object storage whose worker was killed mid-upload (named after the
+    worker's pid: atomica-ckpt-<pid>-*): removed by the next worker on the node."""
+    for path in Path(tempfile.gettempdir()).glob("atomica-ckpt-*-*"):
+        pid = path.name.split("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
 def write_failure(error: Exception, where: Path) -> str:
     """Why a write failed, in words: torch's zip writer reports a full disk as "unexpected pos ..."."""
     free = None
@@ -241,6 +256,8 @@ class WorkerRun:
         self.logger = RunLogger(cfg, self.run_dir, self.name, enabled=self.rank == 0, history=history,
                                 wandb_id=self.state.wandb_id)
         self.state.wandb_id = self.logger.wandb_id
+        if self.rank == 0 and not self.storage.is_local:
+            remove_stale_copies()
         self.stop_requested = False  # a sweep's scheduler stopped this trial
         self.last_checkpoint = None  # the name of the last checkpoint reported
         if self.rank == 0:
