@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 TESTS = '''
 import signal, sys, time
 from pathlib import Path
@@ -31,22 +29,29 @@ def test_never_reached():
 '''
 
 
-@pytest.mark.parametrize("ray_style", ["no", "yes"])
-def test_sigterm_still_prints_the_failures(tmp_path, ray_style):
-    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
-    (tmp_path / "test_x.py").write_text(TESTS.format(ray_style=ray_style))
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "test_x.py"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def test_sigterm_still_prints_the_failures(tmp_path):
+    runs = {}
+    for ray_style in ("no", "yes"):  # both at once: each is mostly pytest starting up
+        folder = tmp_path / ray_style
+        folder.mkdir()
+        shutil.copy(Path(__file__).with_name("conftest.py"), folder / "conftest.py")
+        (folder / "test_x.py").write_text(TESTS.format(ray_style=ray_style))
+        runs[ray_style] = (folder, subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "test_x.py"], cwd=folder,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
-        deadline = time.time() + 120  # pytest starting on a busy machine
-        while not (tmp_path / "started").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert (tmp_path / "started").exists(), proc.communicate(timeout=60)[0] if proc.poll() is not None else ""
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
+        for ray_style, (folder, proc) in runs.items():
+            deadline = time.time() + 180  # pytest starting on a busy machine
+            while not (folder / "started").exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.1)
+            assert (folder / "started").exists(), (ray_style, proc.poll())
+            proc.send_signal(signal.SIGTERM)
+        for ray_style, (folder, proc) in runs.items():
+            out, _ = proc.communicate(timeout=180)
+            assert "FAILED test_x.py::test_fails - assert 1 == 2" in out, (ray_style, out)
+            assert "stopped by signal 15 during test_x.py::test_waits" in out, (ray_style, out)
+            assert "test_never_reached" not in out and proc.returncode != 0, (ray_style, out)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert "FAILED test_x.py::test_fails - assert 1 == 2" in out, out
-    assert "stopped by signal 15 during test_x.py::test_waits" in out, out
-    assert "test_never_reached" not in out and proc.returncode != 0, out
+        for _, proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()

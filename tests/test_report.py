@@ -183,7 +183,8 @@ def test_overlapping_trials_stay_visible_in_every_plot(tmp_path):
         xy = ax.collections[0].get_offsets()
         p = pixels(ax, xy[:, 0], xy[:, 1])
         assert math.dist(p[0], p[1]) >= 5, f"{key}: trials a and b hide each other"
-        assert abs(xy[2, 0] - {"lr": 1e-2, "grad_clip": 5.0, "pred_nonlinearity": 1}[key]) < 1e-12, key  # alone: unmoved
+        alone = {"lr": 1e-2, "grad_clip": 5.0, "pred_nonlinearity": 1}[key]
+        assert abs(xy[2, 0] - alone) < 1e-12, key  # a point alone stays where it is
         if key == "grad_clip":
             assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "1", "2", "5"]  # the grid's values
 
@@ -221,7 +222,7 @@ def test_one_epoch_convention_and_integer_ticks(tmp_path):
     assert best["epoch"] == 3 and "at epoch 3;" in page  # the text says what the plot and the checkpoint say
 
 
-# ---- the HTML page ----------------------------------------------------------------------------------------------------
+# ---- the HTML page --------------------------------------------------------------------------------------------------
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 NOT_IN_P = {"div", "figure", "table", "section", "nav", "h1", "h2", "h3", "ul", "ol", "p", "pre"}
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -304,7 +305,8 @@ def test_html_check_finds_broken_pages(tmp_path):
     assert StrictPage(tmp_path).check(good) == []
     for broken, message in [(good.replace("</p>", ""), "closes <p>"), (good.replace('alt="a"', ""), "alt text"),
                             (good.replace("a.png", "b.png"), "not a PNG"), (good.replace("<td>1</td>", ""), "widths"),
-                            (good.replace('href="#x"', 'href="#y"'), "missing #y"), (good.replace("<p id", "<p><table></table><p id"), "inside <p>"),
+                            (good.replace('href="#x"', 'href="#y"'), "missing #y"),
+                            (good.replace("<p id", "<p><table></table><p id"), "inside <p>"),
                             (good.replace('"en"', "en"), "unquoted")]:
         assert any(message in e for e in StrictPage(tmp_path).check(broken)), message
 

@@ -134,7 +134,8 @@ def _label(t: TrialRecord, keys: list[str], width: int = 64) -> str:
 
 
 # ---- figures (each returns the matplotlib Figure; the caller saves and closes it) -----------------------------------
-def learning_curves_figure(trials: list[TrialRecord], metric: str, mode: str, keys: list[str] = ()) -> tuple[Figure, int]:
+def learning_curves_figure(trials: list[TrialRecord], metric: str, mode: str,
+                           keys: list[str] = ()) -> tuple[Figure, int]:
     """One line per trial that reported `metric`, against the engine's epoch (from 0); its best point starred.
 
     Each trial gets its own marker and a small fixed shift along x, so identical curves (a repeated suggestion)
@@ -325,7 +326,8 @@ def render_page(title: str, sections: list[Section]) -> str:
     parts = []
     for s in sections:
         figs = "\n".join(figure(n, c) for n, c in s.figures)
-        parts.append(f'<section id="{html.escape(s.id)}">\n<h2>{html.escape(s.title)}</h2>\n{s.body}\n{figs}\n</section>')
+        parts.append(f'<section id="{html.escape(s.id)}">\n<h2>{html.escape(s.title)}</h2>\n{s.body}\n{figs}\n'
+                     "</section>")
     nav = " · ".join(f'<a href="#{html.escape(s.id)}">{html.escape(s.title)}</a>' for s in sections)
     return f"""<!doctype html>
 <html lang="en">
