@@ -528,6 +528,34 @@ def test_python_block_check_finds_wrong_keywords():
         "x: make_loader() takes no keyword 'epochs'", "x: DataSpec.nope does not exist"]
 
 
+# ---- counted claims -------------------------------------------------------------------------------------------------
+COUNTS = {"once": 1, "twice": 2, "three times": 3, "four times": 4, "five times": 5}
+
+
+def placeholder_count_errors(doc_name: str, comments: str, content: str) -> list[str]:
+    """`replace YOUR_X (once|twice|four times ...)` in a YAML file's comments: the file's values hold it so often."""
+    errors = []
+    for m in re.finditer(rf"replace (YOUR_\w+) \(({'|'.join(COUNTS)})", comments):
+        found = len(re.findall(rf"\b{m.group(1)}\b", content))
+        if found != COUNTS[m.group(2)]:
+            errors.append(f"{doc_name}: says replace {m.group(1)} {m.group(2)}, but its values hold it {found} times")
+    return errors
+
+
+def test_counted_placeholders_match_the_files():
+    claims, errors = 0, []
+    for doc in (d for d in docs() if d.is_yaml):
+        values = "\n".join(line.split(" #", 1)[0] for line in doc.path.read_text().splitlines()
+                           if not line.lstrip().startswith("#"))
+        claims += len(re.findall(r"replace YOUR_\w+ \(", doc.text))
+        errors += placeholder_count_errors(doc.name, doc.text, values)
+    assert claims >= 2
+    report(errors)
+    assert placeholder_count_errors("x.yaml", "replace YOUR_A (twice) here", "a: YOUR_A\nb: YOUR_A-x\nc: YOUR_AB") == []
+    assert placeholder_count_errors("x.yaml", "replace YOUR_A (once) here", "a: YOUR_A\nb: YOUR_A") == [
+        "x.yaml: says replace YOUR_A once, but its values hold it 2 times"]
+
+
 # ---- ports ----------------------------------------------------------------------------------------------------------
 PORT_MENTIONS = [
     (r"(?:127\.0\.0\.1|localhost|0\.0\.0\.0|\$RAY_HEAD_IP|\$HEAD_IP):(\d+)", "address"),
