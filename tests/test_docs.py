@@ -13,6 +13,8 @@ are picked up by the globs; a new kind of claim gets a new extractor here.
 - config keys and names: `key: value` is a valid TrainConfig entry; a snake_case or CamelCase word in inline code
   occurs in the code or the cluster files; a dotted `atomica_ray.`/`ray.` name imports; ```python blocks import
   what they name and call it with keywords it accepts
+- lists and counts: a list of the tasks or of the search-space distributions names all and only those the code
+  has; "replace YOUR_X (twice)" in a cluster file matches the file
 - ports: every port named is one Ray uses by default for that service or one the cluster files set; dashboard
   URLs use the dashboard port; the workers of a launcher config join the head on the head's port
 - the README's test command is the one CI runs, with a summary that names failures
@@ -526,6 +528,31 @@ def test_python_block_check_finds_wrong_keywords():
     assert python_block_errors("x", code) == [
         "x: from atomica_ray.models import load_atomics: module 'atomica_ray.models' has no attribute 'load_atomics'",
         "x: make_loader() takes no keyword 'epochs'", "x: DataSpec.nope does not exist"]
+
+
+# ---- lists that name every member of a set in the code ------------------------------------------------------------
+def enumerations():
+    """(what, pattern of the list's lead-in, the set the code has): a list in the docs must name all and only those."""
+    from atomica_ray.tasks import TASKS
+    from atomica_ray.tune.space import DISTRIBUTIONS
+
+    return [("tasks", r"Tasks: ", set(TASKS)), ("search-space distributions", r"Spaces are YAML \(", set(DISTRIBUTIONS))]
+
+
+def listed(text: str, lead: str) -> list[set[str]]:
+    """The `code` names of each list that follows `lead` in the text (names separated by commas, 'and', 'or')."""
+    body = " ".join(prose(text).split())
+    return [set(re.findall(r"`([^`]+)`", m.group(1)))
+            for m in re.finditer(lead + r"((?:`[^`]+`(?:,\s*|\s+and\s+|\s+or\s+)?)+)", body)]
+
+
+def test_lists_name_every_task_and_distribution():
+    for what, lead, members in enumerations():
+        lists = [(doc.name, names) for doc in docs() if not doc.is_yaml for names in listed(doc.text, lead)]
+        assert lists, f"no list of the {what} found"
+        report([f"{name}: the list of {what} lacks {sorted(members - names)} and names {sorted(names - members)}"
+                for name, names in lists if names != members])
+    assert listed("Tasks: `a`, `b` and\n`c`. Also `d`.", "Tasks: ") == [{"a", "b", "c"}]
 
 
 # ---- counted claims -------------------------------------------------------------------------------------------------
