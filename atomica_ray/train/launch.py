@@ -122,10 +122,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # A new local Ray. Ray Train's placement-group cleaner finds "its" cluster's state API by auto-detection, which
     # picks another cluster when several run on one machine, misses the controller there and removes this run's
     # placement group. Pin it: a known dashboard port, exported before the workers are spawned.
-    # address="local": without it ray.init() joins the cluster of the machine's latest `ray start` (the address in
-    # /tmp/ray/ray_current_cluster), which is not what a local run asked for.
     port = free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    # address="local": a new Ray, not one some `ray start --head` left on this machine (ray.init() without an
+    # address joins the cluster named in /tmp/ray/ray_current_cluster)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              dashboard_port=port)
 
