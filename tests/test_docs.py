@@ -616,27 +616,46 @@ def ray_default_ports() -> dict[int, str]:
             0: "a free port"}
 
 
-def set_ports() -> set[int]:
-    """Ports that the cluster files set (flags, containerPort)."""
-    return {port for path in doc_paths(YAML_DOCS) for _, _, _, port in port_mentions(path.read_text())}
+def set_ports(texts) -> set[int]:
+    """Ports that texts set: flags (`--port=6379`, `--dashboard-port 8266`) and containerPort."""
+    return {port for text in texts for _, kind, _, port in port_mentions(text) if kind in ("flag", "container")}
+
+
+@lru_cache(maxsize=None)
+def code_ports() -> set[int]:
+    """Integer literals of atomica_ray/ that can be ports (a server the code starts or talks to)."""
+    return {node.value for path in ROOT.glob("atomica_ray/**/*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and type(node.value) is int and 1024 <= node.value <= 65535}
+
+
+def dashboard_ports(texts) -> set[int]:
+    from ray._private import ray_constants
+
+    return {ray_constants.DEFAULT_DASHBOARD_PORT} | {
+        p for text in texts for _, _, name, p in port_mentions(text) if name == "dashboard-port"}
 
 
 def port_errors(doc_name: str, text: str) -> list[str]:
-    from ray._private import ray_constants
-
-    allowed = set(ray_default_ports()) | set_ports()
-    dashboard = {ray_constants.DEFAULT_DASHBOARD_PORT} | {
-        p for path in doc_paths(YAML_DOCS) for _, kind, name, p in port_mentions(path.read_text())
-        if name == "dashboard-port"}
+    """A port named must be one that Ray uses by default, that the cluster files, the doc itself or the code set;
+    the dashboard's URLs (a `ray` command's --address, a link next to the word dashboard) and KubeRay's
+    port-forward use a dashboard port."""
+    cluster = [path.read_text() for path in doc_paths(YAML_DOCS)]
+    allowed = set(ray_default_ports()) | set_ports([*cluster, text]) | code_ports()
+    dashboard = dashboard_ports([*cluster, text])
     errors = []
-    for line, kind, name, port in port_mentions(text):
-        where = f"{doc_name}:{line}: port {port}"
+    for line, kind, _, port in port_mentions(text):
         if port not in allowed:
-            errors.append(f"{where}: neither a Ray default nor set by the cluster files")
+            errors.append(f"{doc_name}:{line}: port {port}: not Ray's default for a service, and neither the cluster "
+                          "files, this doc's commands nor the code set it")
         elif kind == "dashboard" and port not in dashboard:
-            errors.append(f"{where}: forwards to a port that is not the dashboard's ({sorted(dashboard)})")
-        elif kind == "address" and re.search(rf"https?://[\w.]+:{port}\b", text) and port not in dashboard:
-            errors.append(f"{where}: a URL on a port that is not the dashboard's ({sorted(dashboard)})")
+            errors.append(f"{doc_name}:{line}: port {port}: forwards to a port that is not the dashboard's "
+                          f"({sorted(dashboard)})")
+    urls = [m for m in re.finditer(r"(?:--address[= ]|<)(https?://[\w.]+:(\d+))", text)
+            if m.group(0).startswith("--") or "dashboard" in text[max(0, m.start() - 120): m.end() + 120].lower()]
+    for m in urls:
+        if int(m.group(2)) not in dashboard:
+            errors.append(f"{doc_name}:{text[: m.start()].count(chr(10)) + 1}: {m.group(1)}: the dashboard and job "
+                          f"API are on port {sorted(dashboard)}")
     return errors
 
 
@@ -647,8 +666,11 @@ def test_ports_named_are_the_ones_used():
 
 
 def test_port_check_finds_wrong_ports():
-    errors = port_errors("x.md", "open http://127.0.0.1:8266\nkubectl port-forward svc/h 8265:6379\nport 8265 is it")
-    assert [e.split(":")[1] for e in errors] == ["1", "2"], errors
+    text = ("open the dashboard at <http://127.0.0.1:8266>\nkubectl port-forward svc/h 8265:6379\nport 8265 is it\n"
+            "ray job submit --address http://127.0.0.1:8264 -- x\nminio on port 9000\n")
+    errors = port_errors("x.md", text)
+    assert sorted(e.split(":")[1] for e in errors) == ["1", "1", "2", "4", "4", "5"], errors
+    assert port_errors("x.md", "minio server --address 127.0.0.1:9000; S3 at <http://127.0.0.1:9000>") == []
 
 
 @pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
