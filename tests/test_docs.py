@@ -585,11 +585,12 @@ def test_counted_placeholders_match_the_files():
 
 # ---- ports ----------------------------------------------------------------------------------------------------------
 PORT_MENTIONS = [
-    (r"(?:127\.0\.0\.1|localhost|0\.0\.0\.0|\$RAY_HEAD_IP|\$HEAD_IP):(\d+)", "address"),
+    (r"(?<![=\w.$])(?:127\.0\.0\.1|localhost|0\.0\.0\.0|\$RAY_HEAD_IP|\$HEAD_IP):(\d+)", "address"),
     (r"--([\w-]*port)[= ](\d+)", "flag"),
     (r"port-forward \S+ (\d+):(\d+)", "forward"),
     (r"\bports? (\d{2,5})\b", "prose"),
     (r"containerPort: (\d+)", "container"),
+    (r"--[\w-]*address[= ](?!https?://)[\w.$]*:(\d+)", "listen"),  # a server told where to listen
 ]
 
 
@@ -618,7 +619,7 @@ def ray_default_ports() -> dict[int, str]:
 
 def set_ports(texts) -> set[int]:
     """Ports that texts set: flags (`--port=6379`, `--dashboard-port 8266`) and containerPort."""
-    return {port for text in texts for _, kind, _, port in port_mentions(text) if kind in ("flag", "container")}
+    return {port for text in texts for _, kind, _, port in port_mentions(text) if kind in ("flag", "container", "listen")}
 
 
 @lru_cache(maxsize=None)
