@@ -63,7 +63,7 @@ def _is_number(x) -> bool:
 
 
 def axis_scale(param: Param | None, values: list) -> str:
-    """"log", "linear" or "category": how a hyperparameter's values are drawn.
+    """How a hyperparameter's values are drawn: "log", "linear" or "category".
 
     loguniform is log-spaced by definition. For a list of values (grid, choice) the author's spacing tells:
     log when the gaps between sorted values are more even on a log scale than on a linear one (1e-5, 1e-4, 1e-3;
