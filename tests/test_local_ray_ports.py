@@ -22,7 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # starts two local Rays
 
 PROGRAM = r"""
 import json, os
