@@ -93,14 +93,20 @@ def wait_for(condition, deadline_s: float, what: str, every_s: float = 1.0):
         time.sleep(every_s)
 
 
-def guide_head_command() -> tuple[dict[str, str], list[str]]:
-    """The environment assignments and argv of the guide's `ray start --head` (a bash line with continuations)."""
+def guide_head_commands() -> tuple[dict[str, str], list[str], list[str]]:
+    """The guide's first `ray start --head` block: the environment it exports (or puts before the command), the
+    argv of `ray start --head` and of the command after it (`ray status`)."""
     text = GUIDE.read_text().replace("\\\n", " ")
-    (line,) = [ln for block in re.findall(r"```bash\n(.*?)```", text, re.S) for ln in block.splitlines()
-               if re.match(r"^(\w+=\S+ )*ray start --head", ln)]
-    words = shlex.split(line)
-    env = dict(w.split("=", 1) for w in words[: words.index("ray")])
-    return env, words[words.index("ray"):]
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "ray start --head" in b)
+    lines = [shlex.split(line) for line in block.splitlines() if line.strip()]
+    start = next(i for i, words in enumerate(lines) if "ray" in words and words[words.index("ray"):][:3] == [
+        "ray", "start", "--head"])
+    env = {}
+    for words in lines[:start] + [lines[start][: lines[start].index("ray")]]:
+        assignments = words[1:] if words[:1] == ["export"] else words
+        env.update(w.split("=", 1) for w in assignments if re.match(r"\w+=", w))
+    head = lines[start][lines[start].index("ray"):]
+    return env, head, lines[start + 1]
 
 
 def is_loopback(ip: str) -> bool:
@@ -153,7 +159,8 @@ def test_job_submit_trains_and_checkpoints():
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
     data = write_demo_splits(str(work / "data"), n_train=12, n_valid=8, seed=3)
     storage = work / "runs"
-    guide_env, head = guide_head_command()
+    guide_env, head, status = guide_head_commands()
+    assert status[:2] == ["ray", "status"], status
     # the guide's command with this test's ports (the guide's agent port 0 means "a free one": here a known free
     # one, to wait on), temp dir and CPUs
     head = [a for a in head if not a.startswith(("--port", "--dashboard-port", "--dashboard-agent-listen-port"))]
@@ -166,6 +173,9 @@ def test_job_submit_trains_and_checkpoints():
 
         # the job agent is up once its HTTP port answers; until then the head refuses submissions
         wait_for(lambda: answers(f"http://127.0.0.1:{agent}/api/healthz"), 300, f"the job agent on port {agent}")
+        # the guide's next command works in the guide's shell
+        checked = run([*status, f"--address=127.0.0.1:{port}"], {**env, **guide_env}, 300)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
         # the guide's claim: nothing of this cluster listens beyond loopback
         sockets = listening(str(ray_tmp))
         assert {p for _, _, p in sockets} >= {port, dashboard, agent}, sockets
