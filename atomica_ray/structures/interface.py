@@ -4,7 +4,8 @@ A block of side 1 and a block of side 2 are in contact when, for some atom slot 
 k-th atom of the other are closer than `dist_th` (8 Å by default). This is ATOMICA's rule as its code computes it
 (GET's `dist_matrix_from_coords` on blocks padded to a common length): atoms are compared slot by slot, not every
 atom with every atom, so a one-atom ligand block is compared with the first atom (N) of each residue only. We keep
-the rule because the items must equal ATOMICA's. Every block of either side with at least one contact is kept, in its original order.
+the rule because the items must equal ATOMICA's. Every block of either side with at least one contact is kept, in
+its original order.
 """
 
 from __future__ import annotations
