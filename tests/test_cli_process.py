@@ -167,3 +167,46 @@ def test_atomica_parquet_read_by_convert_and_by_training_commands(tmp_path, monk
     with pytest.raises(DataError, match="pass its directory"):
         list(read_records(str(items_file)))
     assert os.path.isdir(tmp_path / "ds")
+
+
+def readme_commands(section: str) -> list[list[str]]:
+    """The `atomica-ray` commands of the first code block after a README heading, as argument lists."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split(f"## {section}\n", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line)[1:] for line in block.replace("\\\n", " ").splitlines() if line.startswith("atomica-ray ")]
+
+
+@pytest.mark.slow
+def test_readme_structure_files_example_runs(processed, tmp_path, monkeypatch, capsys):
+    """README "From structure files": process -> train (tiny model, 1 epoch) -> embed -> export on the real files."""
+    import glob
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("examples", "tests"):
+        (tmp_path / name).symlink_to(root / name)
+    monkeypatch.chdir(tmp_path)
+    commands = readme_commands("From structure files")
+    assert [c[0] for c in commands] == ["process", "train", "embed", "export"]
+    for argv in commands:
+        argv = [a for arg in argv for a in (sorted(glob.glob(arg)) if "*" in arg else [arg])]
+        if argv[0] in ("process", "train"):
+            argv.append("--no-progress" if argv[0] == "process" else "--no-progress-bar")
+        assert main(argv) == 0, (argv, capsys.readouterr().err[-3000:])
+    out = capsys.readouterr().out
+    assert "note: These weights were trained with atomica-ray's fixes" in out  # the train CLI said so
+
+    records = list(ParquetItems("data/complexes").iter_records())
+    assert len(records) == 6 and {r["label"] for r in records} == {0, 1}
+    emb = pq.read_table("complexes-embeddings.parquet").to_pylist()
+    assert [e["id"] for e in emb] == [r["id"] for r in records] and len(emb[0]["graph_embedding"]) == 16
+    same_items(records, list(read_records("complexes.jsonl.gz")))
+    (model_dir,) = glob.glob("runs/complexes/checkpoint_epoch0000_*/model")
+    config = json.loads(Path(model_dir, "config.json").read_text())
+    import torch
+
+    reference = torch.load(Path(__file__).parent / "fixtures" / "atomica_reference.pt", weights_only=True)
+    allowed = set(reference[config["model_type"]]["config"])  # ATOMICA's constructor keys (its own get_config)
+    assert set(config) <= allowed, sorted(set(config) - allowed)  # default settings: ATOMICA's keys only
+    assert json.loads(Path(model_dir, "atomica_ray.json").read_text())["warning"]
