@@ -79,6 +79,10 @@ class TrainConfig:
     num_pred_layers: int = 3
     pred_hidden_size: int = 32
 
+    # --- ATOMICA checkpoints (ours; models/config_keys.py) ---------------------------------------------------
+    atomica_numerics: bool = False  # build the model with ATOMICA's numerics (no atomica-ray fixes)
+    atomica_strict: bool = False  # refuse to write checkpoints whose numerics ATOMICA's code does not have
+
     # --- pretraining noise and masking (ATOMICA's names) -----------------------------------------------------
     atom_noise: float = 0.0
     translation_noise: float = 0.0
