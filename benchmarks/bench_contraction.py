@@ -6,9 +6,11 @@ edges; E = 85344 is the atom-level edge count of reference batch 0 (DenoisePretr
                                            [--configs 64,4,8,128,2,0,1 64,4,8,128,2,0,0 ...]
 
 A config is EDGE_TILE, NUM_WARPS, NUM_WARPS_BWD, COLUMNS, NUM_STAGES, KERNEL_HIDDEN_GRAD[, SPLIT_BACKWARD]
-(fused_contraction.py, tensor_product.py); "default" keeps the module's values. Prints, per layer and config, the median forward and
-backward time (CUDA events, 20 repetitions after 3 warm-ups) and the forward's rate in TFLOP/s of weight-generation
-matmul work (2 E H numel). Runs against older trees too (`atomica_ray.models.tensor_product`), for A/B rows.
+(fused_contraction.py, tensor_product.py); "default" keeps the module's values. Prints, per layer and config, the
+median forward and backward time (CUDA events, 20 repetitions after 3 warm-ups) and the forward's rate in TFLOP/s
+of weight-generation matmul work (2 E H numel). `--check` adds the relative difference of the output and gradients
+to the fp32 torch path on the same inputs. Runs against older trees too (`atomica_ray.models.tensor_product`), for
+A/B rows.
 """
 
 from __future__ import annotations

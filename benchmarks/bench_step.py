@@ -12,7 +12,8 @@ bf16`) with `+graphs` for the engine's `cuda_graphs: true` and `+compile` for to
 the custom kernels (the heads and everything around the encoders' layer stacks). Each setting builds a fresh model
 (seed 0). With `--cuda-graphs` every setting gets `+graphs` (older command lines). Per setting: the median step
 time, blocks/s, atoms/s, peak allocated GPU memory and the median host time of a step (until `step()` returns,
-before the final sync: when it is close to the step time, the step is bound by Python and kernel launches).
+before the final sync: when it is close to the step time, the step is bound by Python and kernel launches); the peak
+is counted above what earlier runs of the same process left allocated.
 
 With `--atomica-src PATH` (a checkout of github.com/mims-harvard/ATOMICA; see atomica_original.py for the
 stand-ins its imports need) ATOMICA's model runs fp32 and TF32 on the same batches first (`--atomica-steps`, default
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import statistics
@@ -89,8 +91,9 @@ def compile_outside_kernels(model) -> None:
 class Runner:
     """One model's training steps on a list of batches, timed."""
 
-    def __init__(self, name, model, batches, precision, fused_optimizer, device):
+    def __init__(self, name, model, batches, precision, fused_optimizer, device, base_bytes: int = 0):
         self.name, self.model, self.batches, self.device = name, model, batches, device
+        self.base_bytes = base_bytes  # allocated before this model was built (a previous model's leftovers)
         self.precision = precision
         kwargs = dict(fused=True) if fused_optimizer and device.type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **kwargs)
@@ -128,7 +131,8 @@ class Runner:
             blocks += batch["B"].shape[0]
             atoms += batch["A"].shape[0]
         total = sum(times)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else float("nan")
+        peak = ((torch.cuda.max_memory_allocated() - self.base_bytes) / 2**30 if self.device.type == "cuda"
+                else float("nan"))
         return dict(median_ms=1000 * statistics.median(times), min_ms=1000 * min(times), max_ms=1000 * max(times),
                     host_ms=1000 * statistics.median(host), blocks_s=blocks / total, atoms_s=atoms / total,
                     peak_gib=peak, warmup_s=warmup_s, mean_blocks=blocks / steps)
@@ -168,6 +172,17 @@ def profile_step(runner: Runner, trace_path: str | None) -> dict:
     return result
 
 
+def allocated(device) -> int:
+    """Bytes still allocated from earlier runs in this process (after freeing what can be freed): the peak of a
+    run is reported above this."""
+    if device.type != "cuda":
+        return 0
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated()
+
+
 def count_flops(step, batch) -> float:
     """Matmul-class FLOPs of one step (torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -199,7 +214,8 @@ def configure_kernels(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="/work/shared/atomica_reference/bench_batches.pt")
-    parser.add_argument("--model", default="DenoisePretrainModel", choices=["DenoisePretrainModel", "Classifier", "both"])
+    parser.add_argument("--model", default="DenoisePretrainModel",
+                        choices=["DenoisePretrainModel", "Classifier", "both"])
     parser.add_argument("--settings", default=None,
                         help="comma-separated: fp32, tf32, bf16, each with optional +graphs / +compile "
                              "(default: from --bf16 / --tf32 / --cuda-graphs / --compile)")
@@ -296,8 +312,10 @@ def main() -> None:
             for precision in ("fp32", "tf32"):
                 torch.manual_seed(0)
                 try:
+                    base = allocated(device)
                     model = atomica_original.build(atomica_models, name, RELEASED, PRETRAIN).to(device).train()
-                    runner = Runner(name, model, batches, precision, fused_optimizer=False, device=device)
+                    runner = Runner(name, model, batches, precision, fused_optimizer=False, device=device,
+                                    base_bytes=base)
                     result = runner.run(args.atomica_warmup, args.atomica_steps)
                     report(dict(model=name, code="ATOMICA", setting=precision, budget=args.budget, **result))
                     if args.count_flops and precision == "fp32":
@@ -314,16 +332,19 @@ def main() -> None:
         for setting in settings:
             precision, *flags = setting.split("+")
             torch.manual_seed(0)
+            base = allocated(device)
             model = build(name).to(device).train()
             if "graphs" in flags:
                 enable_cuda_graphs(model)
             if "compile" in flags:
                 compile_outside_kernels(model)
-            runner = Runner(name, model, batches, precision, fused_optimizer=args.optimizer == "fused", device=device)
+            runner = Runner(name, model, batches, precision, fused_optimizer=args.optimizer == "fused", device=device,
+                            base_bytes=base)
             result = runner.run(args.warmup, args.steps)
             row = dict(model=name, code="atomica-ray", setting=setting, budget=args.budget, **result)
             if args.profile:
-                trace = os.path.join(args.trace_dir, f"trace_{name}_{setting.replace('+', '_')}.json") if args.trace_dir else None
+                trace = (os.path.join(args.trace_dir, f"trace_{name}_{setting.replace('+', '_')}.json")
+                         if args.trace_dir else None)
                 row["profile"] = profile_step(runner, trace)
             report(row)
             if args.count_flops and precision == "fp32" and "graphs" not in flags:

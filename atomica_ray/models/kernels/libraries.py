@@ -3,9 +3,10 @@
 (`openequivariance.TensorProduct`, JIT-compiled CUDA kernels).
 
 Both take the per-edge weights whole ([E, weight_numel], in e3nn's order: both libraries state e3nn compatibility
-for a fully connected "uvw" tensor product, and tests/test_kernels_backends.py plus benchmarks/check_backends.py
-hold them to the fp32 reference), so with them the Linear's output is made and kept for backward, which the
-Triton kernels avoid (fused_contraction.py): at the released configuration that is E x 11264 values per layer.
+for a fully connected "uvw" tensor product; tests/test_kernels_backends.py on a GPU and
+`benchmarks/bench_contraction.py --backend NAME --check` hold them to the fp32 torch path), so with them the
+Linear's output is made and kept for backward, which the Triton kernels avoid (fused_contraction.py): at the
+released configuration that is E x 11264 values per layer.
 Which backend wins at this model's sizes is measured in benchmarks/RESULTS.md ("Issue 18 (round 2)").
 
 Neither library is a dependency: each is used only where it imports (`pip install 'atomica-ray[cueq]'` or
