@@ -14,11 +14,14 @@ rows r_u + v are one contiguous slab of UT W rows: w of the group is one [BE, H]
 edges), kept in registers, contracted with T at once and dropped, so w never reaches memory. The contraction runs
 on the product's accumulator as it lies: u is a register dimension of it, so the sum over u stays in each thread,
 and each of the 2lo+1 output components has its own [BE, W] accumulator in the same layout (no shuffles through
-shared memory). Backward makes w again the same way and writes only dL/d(Linear output) (once, in the Linear's
-row order); one cuBLAS matmul turns it into the Linear's gradients, and dL/dhidden is either a second cuBLAS
-matmul or (`hidden_grad`) a [BE, UT W] x [UT W, H] product per group inside the kernel. T is not stored either: a
-per-block int32 table says where each group's rows lie in the projection buffer of all paths
-(tensor_product.StackedTensorProduct._plan_kernels), and dL/dT goes to the same places of a gradient buffer.
+shared memory). Backward writes only dL/d(Linear output) (once, in the Linear's row order), which one cuBLAS matmul
+turns into the Linear's gradients (and a second into dL/dhidden), and dL/dT; by default as two kernels: one makes w
+again the same way and contracts it with dL/dout (dL/dT), the other needs no product at all (dL/dw = a_u t (x) g),
+each holding half of what one kernel would (which needs 255 registers and spills for 2lo+1 = 5; H200 A/B in
+benchmarks/RESULTS.md). The single kernel remains, also with dL/dhidden made inside it as a [BE, UT W] x [UT W, H]
+product per group (`tensor_product.KERNEL_HIDDEN_GRAD`). T is not stored either: a per-block int32 table says
+where each group's rows lie in the projection buffer of all paths (tensor_product.StackedTensorProduct.
+_plan_kernels), and dL/dT goes to the same places of a gradient buffer.
 
 Used when Triton imports, the tensors are on a CUDA device and UT W >= 16 (tl.dot needs 16 columns); otherwise the
 cuBLAS path runs. Same function up to float rounding (tests/test_fused_contraction.py, in Triton's interpreter).

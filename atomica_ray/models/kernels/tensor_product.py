@@ -1,4 +1,6 @@
-"""e3nn's fully connected tensor product with per-edge weights, computed as one batched matmul per output irrep.
+"""The public operation of this package: e3nn's fully connected tensor product with per-edge weights
+(`StackedTensorProduct`), the switch that picks its backend (BACKEND, `set_backend`), and its torch path, computed as
+one batched matmul per output irrep.
 
 For a path p = (input irrep l1 with multiplicity U, spherical harmonic l2, output irrep lo with multiplicity W)
 e3nn computes (TensorProduct, 'uvw' connection, 'component' / 'element' normalisation)
@@ -11,12 +13,13 @@ out_o[e] = weight_o[e]^T @ T_o[e], a [W, sum U] x [sum U, 2lo+1] matmul per edge
 the rows of a Linear layer permuted (and scaled by a_p) once per call into that stacked order, one Linear per
 output irrep. T is computed with one matmul per input l1: the outer product of all l1 inputs with all spherical
 harmonics times a (block-sparse) matrix of every C(l1 . .) needed. On the Triton kernels' path neither T_o nor
-the permuted Linear is made: the kernels find both through a row table (`StackedTensorProduct._plan_kernels`).
+the permuted Linear is made: the kernels find both through a group table (`StackedTensorProduct._plan_kernels`).
 
 e3nn runs one einsum per path on strided weight slices; this does a handful of matmuls. It is the same function
 (up to float rounding), which tests/test_models_properties.py checks against e3nn. The per-edge weights are never
 held whole (`EdgeWeightedContraction`); in bf16 on a GPU, Triton kernels make them in registers
-(fused_contraction.py), and the per-l1 projections are Triton kernels too (fused_projection.py).
+(fused_contraction.py), and the per-l1 projections are Triton kernels too (fused_projection.py); the libraries'
+backends (libraries.py) take them whole.
 """
 
 from __future__ import annotations
@@ -233,7 +236,8 @@ class StackedTensorProduct(nn.Module):
         return torch.cat(parts, dim=1)
 
     def _kernels_apply(self, hidden: torch.Tensor, any_dtype: bool = False) -> bool:
-        # Measured on an H100 (benchmarks/RESULTS.md): the kernels win in bf16, but lose to cuBLAS in TF32 and fp32
+        # Measured on an H100 (benchmarks/RESULTS.md, issue 7): the kernels win in bf16, but lost to cuBLAS in TF32
+        # and fp32; the group kernels of issue 18 were not measured in TF32 ("auto" keeps cuBLAS there)
         return ((any_dtype or hidden.dtype in FUSED_DTYPES) and self.kernel_layout_ok
                 and all(fused_contraction.usable(hidden, b.mul) for b in self.kernel_plan.blocks))
 
