@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomica_ray.models.cuda_graphs import capture_stats, enable_cuda_graphs
+from atomica_ray.models.kernels.cuda_graphs import capture_stats, enable_cuda_graphs
 from atomica_ray.tasks import get_task
 from atomica_ray.tasks.spec import Task, encoder_kwargs
 from atomica_ray.train import dist
