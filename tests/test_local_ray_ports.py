@@ -32,8 +32,14 @@ import json, os
 import ray
 import psutil  # Ray's bundled copy, on sys.path once ray is imported
 
-from atomica_ray.train.launch import init_ray
-from atomica_ray.tune.sweep import start_ray, stop_ray
+from atomica_ray.train import launch
+from atomica_ray.tune import sweep
+
+# `atomica-ray tune` starts its Ray with sweep.start_ray where the tune layer has its own, else with the engine's
+start_ray = getattr(sweep, "start_ray", launch.init_ray)
+stop_ray = getattr(sweep, "stop_ray", None) or getattr(launch, "shutdown_ray", ray.shutdown)
+init_ray = launch.init_ray
+shutdown = getattr(launch, "shutdown_ray", ray.shutdown)
 
 
 def listening():
@@ -54,7 +60,7 @@ out["tune"] = {"dashboard": ray._private.worker.get_dashboard_url(), "listening"
 stop_ray()
 init_ray(None, 1)  # atomica-ray train
 out["train"] = {"dashboard": ray._private.worker.get_dashboard_url(), "listening": listening()}
-ray.shutdown()
+shutdown()
 print("PORTS " + json.dumps(out))
 """
 
