@@ -160,7 +160,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         port = s.getsockname()[1]
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    ray.init(address="local", num_cpus=num_cpus)
+    with socket.socket() as s:  # not Ray's default 8265: a `ray start --head` on this machine serves jobs there
+        s.bind(("127.0.0.1", 0))
+        dashboard_port = s.getsockname()[1]
+    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
 
 
 def stop_ray() -> None:
