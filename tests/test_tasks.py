@@ -128,7 +128,7 @@ def test_task_trains_two_epochs_on_two_workers(task, runs):
 def test_validation_metric_covers_the_whole_validation_set(runs, data, tmp_path):
     """val_bce reported by the 2-worker run equals the BCE of single-process predictions on every valid item."""
     from atomica_ray.cli.main import main
-    from atomica_ray.train import metrics as M
+    from atomica_ray.tasks import metrics as M
 
     result = runs("binary_classifier")
     out = tmp_path / "pred.parquet"

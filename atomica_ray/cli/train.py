@@ -123,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(result, cfg: TrainConfig) -> None:
-    from atomica_ray.tasks import get_task
+    from atomica_ray.tasks import task_for
 
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     print(f"run directory: {result.path}")
     if result.checkpoint is not None:
         print(f"latest checkpoint: {result.checkpoint.path}")

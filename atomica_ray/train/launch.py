@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from atomica_ray.tasks import get_task
+from atomica_ray.tasks import task_for
 from atomica_ray.train.config import TrainConfig
 
 DEFAULT_STORAGE = "~/atomica-ray-runs"
@@ -61,7 +61,7 @@ def build_trainer(cfg: TrainConfig, run_name: str, storage_path: str | None = No
     from atomica_ray.train.loop import train_loop_per_worker
 
     cfg = absolute_paths(cfg)
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     score = task.selection_metric if cfg.valid_set else None
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
