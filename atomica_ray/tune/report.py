@@ -4,6 +4,9 @@
     <sweep>/report/metric_vs_<key>.png     each trial's best metric against each searched hyperparameter
     <sweep>/report/asha_rungs.png          how many trials reached each ASHA rung (ASHA sweeps)
     <sweep>/report/index.html              the plots, the best trial and the table of all trials
+                                           (+ the probe section when `atomica-ray probe --sweep` wrote one)
+
+A probe run's directory (`atomica-ray probe --name`) gets a page of its probe section alone.
 
 Histories come from Tune's per-trial result.json (see results.py), so a report works on an interrupted sweep too.
 """
@@ -118,9 +121,56 @@ def _html_table(rows: list[dict]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def probe_section(experiment_dir: Path) -> str:
+    """The probe results (probe/sweep.py) of a run directory as HTML: one row per probe setting, the test metric
+    as seed mean ± 95% interval over seeds and as the seed ensemble with its bootstrap interval, the comparison
+    with the setting chosen on validation. Empty when there are none."""
+    from atomica_ray.probe.sweep import load_results
+
+    summary = load_results(experiment_dir)
+    if summary is None:
+        return ""
+    m = summary["metric"]
+
+    def f(v):
+        return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    rows = []
+    for row in summary["settings"]:
+        mean, half = row["seed_mean"][m]
+        value, low, high = row["ensemble"][m]
+        if row["best"]:
+            vs = "best (chosen on validation)"
+        else:
+            v = row["vs_best"]
+            vs = f"{f(-v['delta'])} [{f(-v['high'])}, {f(-v['low'])}], p = {v['p_value']:.3g}"
+            if "mcnemar" in v:
+                vs += f"; McNemar p = {v['mcnemar']['p_value']:.3g}"
+        rows.append({"setting": row["setting"], "seeds": len(row["seeds"]), f"valid {m}": f(row["valid_ensemble"]),
+                     f"test {m} (seed mean ± 95%)": f"{f(mean)} ± {f(half)}",
+                     f"test {m} (ensemble [95% CI])": f"{f(value)} [{f(low)}, {f(high)}]",
+                     "Δ vs best [95% CI], p": vs})
+    level = "block level: intervals resample structures" if summary["block_level"] else "item level"
+    return (f"<h2>Probe</h2><p>{html.escape(summary['representation'])}, {summary['task_type']} ({level}); "
+            f"metric {html.escape(m)} on the {html.escape(summary['test_split'])} split; rows "
+            f"{html.escape(str(summary['rows']))}; {summary['n_boot']} bootstrap resamples</p>" + _html_table(rows))
+
+
+def write_probe_report(experiment_dir: Path) -> dict:
+    out = experiment_dir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>probe {html.escape(experiment_dir.name)}'
+            f"</title></head><body><h1>Probe {html.escape(experiment_dir.name)}</h1>{probe_section(experiment_dir)}"
+            "</body></html>\n")
+    (out / "index.html").write_text(page)
+    return {"trials": [], "figures": {}, "html": str(out / "index.html"), "probe": True}
+
+
 def write_report(experiment_dir: str | Path) -> dict:
     """Write the plots and index.html; returns what was drawn (file names, line/point/bar counts)."""
     experiment_dir = Path(experiment_dir)
+    if not (experiment_dir / "sweep.json").is_file() and probe_section(experiment_dir):
+        return write_probe_report(experiment_dir)  # a probe run, not a sweep
     settings = SweepSettings.load(str(experiment_dir))
     space = parse_space(settings.space, settings.space_path)
     trials = load_trials(experiment_dir)
@@ -170,8 +220,10 @@ td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head><body>
 {imgs}
 <h2>Trials</h2>
 {_html_table(rows)}
+{probe_section(experiment_dir)}
 </body></html>
 """
     (out / "index.html").write_text(page)
     drawn["html"] = str(out / "index.html")
+    drawn["probe"] = bool(probe_section(experiment_dir))
     return drawn
