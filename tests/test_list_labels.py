@@ -184,3 +184,16 @@ def test_interface_labels_match_brute_force(records):
         assert interface_block_labels(rec).tolist() == expect
         total += expect
     assert 0 < sum(total) < len(total)  # positives and negatives were both checked
+
+
+def test_interface_labels_of_a_whole_dataset(records, tmp_path):
+    from atomica_ray.data.labels import main
+
+    plain = [{**r, "block_labels": None, "label_vector": None} for r in records]
+    write_dataset((("demo", r) for r in plain), str(tmp_path / "complexes"))
+    assert main([str(tmp_path / "complexes"), str(tmp_path / "residues")]) == 0
+    labelled = ParquetItems(str(tmp_path / "residues"))
+    check_list_labels(labelled, "residue")
+    for rec, back in zip(records, labelled.iter_records()):
+        assert np.array_equal(back["block_labels"], interface_block_labels(rec))
+    assert main([str(tmp_path / "complexes"), str(tmp_path / "residues")]) == 2  # never overwrites unasked

@@ -118,7 +118,7 @@ def test_shipped_spaces_are_valid_for_their_tasks(path, tmp_path):
     (tmp_path / "valid").mkdir()
     task = s.tasks[0] if s.tasks else "binary_classifier"
     base = {"task": task, "train_set": str(tmp_path / "train"), "valid_set": str(tmp_path / "valid")}
-    if task == "multiclass_classifier":
+    if task in ("multiclass_classifier", "multilabel_classifier"):
         base["num_classifier_classes"] = 3
     settings = resolve_settings(base, s, name="x", storage_path=str(tmp_path), num_samples=4, scheduler="asha",
                                 search="optuna", gpus_per_trial=0, workers_per_trial=1, max_concurrent=None,

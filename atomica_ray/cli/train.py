@@ -70,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             keys.add_argument(*_flag_names(key), dest=key, action=argparse.BooleanOptionalAction,
                               default=argparse.SUPPRESS, help=help_)
         else:
+            many = typing.get_origin(base) is list  # ATOMICA's nargs flags (--focal_alpha 0.25 0.75)
             keys.add_argument(*_flag_names(key), dest=key, type=str, default=argparse.SUPPRESS,
-                              metavar=base.__name__.upper(), help=help_)
+                              nargs="+" if many else None, metavar=base.__name__.upper(), help=help_)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:

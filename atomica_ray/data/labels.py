@@ -65,3 +65,41 @@ def interface_block_labels(record: dict, cutoff: float = INTERFACE_CUTOFF) -> np
 def with_interface_labels(record: dict, cutoff: float = INTERFACE_CUTOFF) -> dict:
     """The record with `block_labels` set to its interface labels."""
     return {**record, "block_labels": interface_block_labels(record, cutoff)}
+
+
+def label_interface_dataset(source: str, out: str, cutoff: float = INTERFACE_CUTOFF, overwrite: bool = False) -> dict:
+    """Copy a Parquet dataset (e.g. what `atomica-ray process` wrote) with every item's `block_labels` set to its
+    interface labels; returns the new dataset.json. Written whole or not at all (parquet.write_dataset)."""
+    from atomica_ray.data.parquet import ParquetItems, write_dataset
+
+    items = ParquetItems(source)
+    meta = {k: items.meta[k] for k in ("fragmentation_method", "sources") if k in items.meta}
+    meta["block_labels"] = f"interface: a heavy atom within {cutoff:g} Å of the partner segment"
+    records = ((source, with_interface_labels(r, cutoff)) for r in items.iter_records())
+    return write_dataset(records, out, overwrite=overwrite, extra_meta=lambda: meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m atomica_ray.data.labels SOURCE OUT [--cutoff 4.0] [--overwrite]"""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m atomica_ray.data.labels",
+                                     description="label every non-global block of a dataset as interface (1) or "
+                                                 "not (0): a heavy atom within --cutoff Å of the partner segment")
+    parser.add_argument("source", help="Parquet dataset directory")
+    parser.add_argument("out", help="new dataset directory")
+    parser.add_argument("--cutoff", type=float, default=INTERFACE_CUTOFF, help="Å (default 4.0)")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        meta = label_interface_dataset(args.source, args.out, args.cutoff, args.overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"atomica_ray.data.labels: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {meta['n_items']} items with interface labels to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
