@@ -197,3 +197,15 @@ def test_interface_labels_of_a_whole_dataset(records, tmp_path):
     for rec, back in zip(records, labelled.iter_records()):
         assert np.array_equal(back["block_labels"], interface_block_labels(rec))
     assert main([str(tmp_path / "complexes"), str(tmp_path / "residues")]) == 2  # never overwrites unasked
+
+
+def test_train_refuses_labels_of_the_wrong_width_on_the_driver(records, tmp_path, capsys):
+    from atomica_ray.cli.main import main
+
+    for split in ("train", "valid"):
+        write_dataset((("demo", r) for r in records), str(tmp_path / split))
+    code = main(["train", "--task", "multilabel_classifier", "--num_classifier_classes", "4", "--train_set",
+                 str(tmp_path / "train"), "--valid_set", str(tmp_path / "valid"), "--storage-path", str(tmp_path),
+                 "--fragmentation_method", "PS_300"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train, item 0 (id" in err and "field label: a label vector of 3 values" in err
