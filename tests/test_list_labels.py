@@ -150,6 +150,16 @@ def test_atomica_file_with_list_labels_trains_as_its_task(records, tmp_path):
         assert np.array_equal(ds[3]["block_labels"], records[3]["block_labels"])
     finally:
         del os.environ["ATOMICA_RAY_CACHE"]
+    from atomica_ray.cli.main import main
+
+    # read as vectors instead, the lists (one per block) have different widths: refused
+    assert main(["convert", str(path), "--out", str(tmp_path / "vectors"), "--list-labels", "vector"]) == 2
+    one = tmp_path / "one.jsonl.gz"
+    with gzip.open(one, "wb") as f:
+        f.write(orjson.dumps(raw_item(records[3], [int(v) for v in records[3]["block_labels"]])) + b"\n")
+    assert main(["convert", str(one), "--out", str(tmp_path / "vectors"), "--list-labels", "vector"]) == 0
+    vectors = ParquetItems(str(tmp_path / "vectors"))
+    assert vectors[0]["block_labels"] is None and np.array_equal(vectors[0]["label_vector"], records[3]["block_labels"])
 
 
 def test_interface_labels():

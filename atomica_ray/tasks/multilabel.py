@@ -62,7 +62,6 @@ MULTILABEL = Task(
     mode="max",
     optimizer="adamw",
     scheduler="exp_decay",
-    prediction_keys=("prob",),
     metric_names=("val_bce", "val_macro_auprc", "val_micro_auprc", "val_delta_auprc", "val_macro_auroc",
                   "val_f1_macro"),
     select=select,
