@@ -7,10 +7,18 @@ than the median number of blocks.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
 def demo_records(n: int, seed: int):
+    """Fresh copies of the cached records (tests may change them)."""
+    return [dict(r) for r in _demo_records(n, seed)]
+
+
+@functools.lru_cache(maxsize=8)
+def _demo_records(n: int, seed: int):
     from atomica_ray.data.demo import demo_items
     from atomica_ray.data.items import validate_item
     from atomica_ray.data.labels import with_interface_labels

@@ -1,6 +1,7 @@
-"""residue_binary_classifier and multilabel_classifier on the one engine: each trains on a Ray Train worker,
-reports its metrics, leaves checkpoints in ATOMICA's format and resumes where it stopped; the residue task is
-tuned with ASHA through `atomica-ray tune`. One module-scoped local Ray, tiny models, a dozen demo items."""
+"""residue_binary_classifier and multilabel_classifier on the one engine: each trains on a Ray Train worker with
+its options on, reports its metrics and leaves checkpoints in ATOMICA's format; the residue run resumes where it
+stopped, and the residue task is tuned with ASHA through `atomica-ray tune`. One module-scoped local Ray, tiny
+models, a dozen demo items."""
 
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def test_trains_and_resumes(task, options, model_class, keys, ray_local, data, t
     assert json.loads(config.read_text())["model_type"] == model_class
     assert type(load_atomica(config, weights)).__name__ == model_class  # ATOMICA's format reads back
 
+    if task == "multilabel_classifier":
+        return  # resuming is the engine's, whatever the task: the residue run checks it (with block sampling on)
     # the same run name and storage, one more epoch: continues at epoch 1 from the saved state
     resumed = build_trainer(cfg.replace(max_epoch=2), run_name="run", storage_path=str(tmp_path)).fit()
     assert resumed.error is None

@@ -121,6 +121,7 @@ def test_block_level_probe_learns_the_signal(splits):
     assert value > 0.9 and lo <= value <= hi and out["best_epoch"] >= 0
 
 
+@pytest.mark.slow
 def test_probe_command_runs_seeds_and_settings_as_tune_trials(ray_local, splits, tmp_path):
     from atomica_ray.cli.main import main
     from atomica_ray.tune.report import write_report
