@@ -87,14 +87,14 @@ def test_intervals_and_tests():
     cluster = np.repeat(np.arange(20), 10)
     y = np.repeat(rng.integers(0, 2, 20), 10)
     p = np.clip(y * 0.3 + np.repeat(rng.random(20), 10) * 0.7, 0, 1)
-    value, lo, hi = stats.bootstrap_ci("binary", "auroc", y, p, n_boot=300)
-    _, clo, chi = stats.bootstrap_ci("binary", "auroc", y, p, n_boot=300, cluster=cluster)
+    value, lo, hi = stats.bootstrap_ci("binary", "auroc", y, p, n_boot=200)
+    _, clo, chi = stats.bootstrap_ci("binary", "auroc", y, p, n_boot=200, cluster=cluster)
     assert lo <= value <= hi and clo <= value <= chi
     assert (chi - clo) > 1.5 * (hi - lo)  # the cluster interval is honest about 20 independent units
     # a paired difference of identical predictions is exactly 0
     same = stats.paired_bootstrap("binary", "auprc", y, p, p, n_boot=50)
     assert same["delta"] == 0 and same["low"] == 0 and same["high"] == 0 and same["p_value"] == 1.0
-    better = stats.paired_bootstrap("binary", "auprc", y, np.where(y > 0, 0.9, 0.1), 1 - p, n_boot=200)
+    better = stats.paired_bootstrap("binary", "auprc", y, np.where(y > 0, 0.9, 0.1), 1 - p, n_boot=100)
     assert better["low"] > 0 and better["p_value"] < 0.05
     scipy_stats = pytest.importorskip("scipy.stats")
     a = rng.random(60) < 0.8
@@ -115,7 +115,8 @@ def test_block_level_probe_learns_the_signal(splits):
     mu, sd = F.fit_standardizer(data["X_train"])
     for s in ("train", "valid", "test"):
         data[f"X_{s}"] = F.standardize(data[f"X_{s}"], mu, sd)
-    out = fit_probe(data, "binary", "auprc", ProbeSettings(head="linear", lr=3e-2, epochs=10, patience=3, batch_size=256), seed=0)
+    settings = ProbeSettings(head="linear", lr=3e-2, epochs=10, patience=3, batch_size=256)
+    out = fit_probe(data, "binary", "auprc", settings, seed=0)
     value, lo, hi = stats.bootstrap_ci("binary", "auroc", data["y_test"], out["test_prob"], n_boot=100,
                                        cluster=data["groups_test"])
     assert value > 0.9 and lo <= value <= hi and out["best_epoch"] >= 0
@@ -128,7 +129,8 @@ def test_probe_command_runs_seeds_and_settings_as_tune_trials(ray_local, splits,
 
     args = ["probe", "--train", splits["train"]["emb"], "--valid", splits["valid"]["emb"],
             "--test", splits["test"]["emb"], "--representation", "h_graph", "--head", "linear,mlp",
-            "--hidden-dim", "16", "--lr", "1e-2", "--epochs", "30", "--patience", "5", "--batch-size", "8", "--seeds", "2", "--n-boot", "200",
+            "--hidden-dim", "16", "--lr", "1e-2", "--epochs", "30", "--patience", "5", "--batch-size", "8",
+            "--seeds", "2", "--n-boot", "200",
             "--storage-path", str(tmp_path), "--name", "p"]
     for s in ("train", "valid", "test"):
         args += ["--labels", splits[s]["labels"]]

@@ -120,7 +120,8 @@ def open_dataset(path: str, allow_pickle: bool = False, fragmentation_method: st
                             "this file, pass --allow-pickle (CLI) or allow_pickle=True (API).")
         st = os.stat(path)
         how = "" if list_labels == "auto" else f"|{list_labels}"  # how list labels are read (items.py)
-        key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{fragmentation_method}{how}".encode()).hexdigest()[:20]
+        text = f"{path}|{st.st_size}|{st.st_mtime_ns}|{fragmentation_method}{how}"
+        key = hashlib.sha256(text.encode()).hexdigest()[:20]
         name = os.path.basename(path).split(".")[0]
         target = os.path.join(user_cache_dir(), "datasets", f"{name}-{key}")
         if not os.path.isfile(os.path.join(target, META_FILE)):

@@ -68,7 +68,8 @@ class MultiClassClassifierModel(PredictionModel):
         logits = self.classifier_ffn(enc.graph_repr)  # [bs, num_classes]
         weight = None if self.class_weights is None else self.class_weights.to(logits.device)
         if self.loss_type == "focal":  # ATOMICA: --weighted_loss replaces the focal alpha by the class weights
-            loss = focal_multiclass(logits, label, self.focal_gamma, weight if weight is not None else self.focal_alpha)
+            alpha = weight if weight is not None else self.focal_alpha
+            loss = focal_multiclass(logits, label, self.focal_gamma, alpha)
         else:
             loss = F.cross_entropy(logits, label, weight=weight)
         return loss, F.softmax(logits, dim=1)

@@ -35,8 +35,10 @@ def probe_trial(config: dict, data: dict) -> None:
 
     settings = ProbeSettings(**config["setting"])
     out = fit_probe(data, data["task_type"], data["metric"], settings, int(config["seed"]))
-    metrics = {"valid_" + k: v for k, v in stats.scores(data["task_type"], data["y_valid"], out["valid_prob"]).items()}
-    metrics.update({"test_" + k: v for k, v in stats.scores(data["task_type"], data["y_test"], out["test_prob"]).items()})
+    metrics = {}
+    for split in ("valid", "test"):
+        scores = stats.scores(data["task_type"], data[f"y_{split}"], out[f"{split}_prob"])
+        metrics.update({f"{split}_{k}": v for k, v in scores.items()})
     metrics.update(best_epoch=out["best_epoch"], epochs_run=out["epochs_run"])
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(os.path.join(tmp, "probabilities.npz"), valid=out["valid_prob"], test=out["test_prob"])

@@ -184,9 +184,11 @@ class WorkerRun:
             if spec is not None:
                 prepare_tables(spec)
         if self.task.prepare is not None:  # state from the training labels (e.g. weighted_loss), every start
-            from atomica_ray.data import open_dataset
+            from atomica_ray.data.loader import LIST_LABELS_OF_KIND, open_dataset
 
-            self.task.prepare(self.model, cfg, open_dataset(cfg.train_set, cfg.allow_pickle, cfg.fragmentation_method))
+            train = open_dataset(cfg.train_set, cfg.allow_pickle, cfg.fragmentation_method,
+                                 LIST_LABELS_OF_KIND.get(self.train_spec.kind, "auto"))
+            self.task.prepare(self.model, cfg, train)
         if self.state.total_steps == 0:
             n0 = len(self._train_loader(epoch=0, start_batch=0))
             self.state.total_steps = cfg.max_epoch * math.ceil(n0 / cfg.grad_accum)
