@@ -536,7 +536,7 @@ def test_rayjob_entrypoint_runs_atomica_ray_on_gpus():
     assert argv[:2] in (["atomica-ray", "train"], ["atomica-ray", "tune"])
     args = atomica_ray_args(argv)
     if argv[1] == "train":
-        assert args.use_gpu is True and int(args.num_workers) >= 1
+        assert args.use_gpu is True and int(str(args.num_workers).split(":")[0]) >= 1  # N or MIN:MAX
     else:
         assert float(args.gpus_per_trial) >= 1
     assert args.storage_path.startswith("/mnt/cluster_storage/") and args.name

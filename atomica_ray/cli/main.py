@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("atomica_ray.cli.predict", "write a trained model's predictions to Parquet"),
     "tune": ("atomica_ray.cli.tune", "run a Ray Tune sweep"),
     "report": ("atomica_ray.cli.report", "plot a finished sweep (PNG + HTML)"),
+    "spot-watch": ("atomica_ray.cli.spot_watch", "drain this Ray node when the cloud announces a spot reclaim"),
     "probe": ("atomica_ray.cli.probe", "probe frozen embeddings over seeds and settings (Tune), with intervals"),
 }
 

@@ -19,7 +19,7 @@ import typing
 from atomica_ray.train.config import TrainConfig, load_yaml
 
 # config keys the command line does not expose as flags (reachable with --set)
-HIDDEN = {"crash_at_step", "nonfinite_steps"}
+HIDDEN = {"crash_at_step", "nonfinite_steps", "hold_at_steps"}
 # flag spellings that differ from "--key" / "--key-with-hyphens"
 SPELLINGS = {
     "num_workers": ["--num-workers"],  # Ray workers; ATOMICA's --num_workers means loader processes
@@ -70,9 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             keys.add_argument(*_flag_names(key), dest=key, action=argparse.BooleanOptionalAction,
                               default=argparse.SUPPRESS, help=help_)
         else:
+            metavar = "N|MIN:MAX" if key == "num_workers" else base.__name__.upper()  # MIN:MAX: elastic
             many = typing.get_origin(base) is list  # ATOMICA's nargs flags (--focal_alpha 0.25 0.75)
             keys.add_argument(*_flag_names(key), dest=key, type=str, default=argparse.SUPPRESS,
-                              nargs="+" if many else None, metavar=base.__name__.upper(), help=help_)
+                              nargs="+" if many else None, metavar=metavar, help=help_)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         launch.check_inputs(cfg)
+        launch.resolve_storage_path(args.storage_path)
     except (ValueError, FileNotFoundError) as error:
         print(f"atomica-ray train: {error}", file=sys.stderr)
         return 2

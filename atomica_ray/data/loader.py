@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 
 import numpy as np
 import torch
 
-from atomica_ray.data.batching import EpochPlan, plan_epoch
+from atomica_ray.data.batching import EpochPlan, Step, plan_epoch
 from atomica_ray.data.collate import collate
 from atomica_ray.data.items import DataError, source_format
 from atomica_ray.data.parquet import META_FILE, ParquetItems, convert
@@ -277,14 +278,22 @@ def _worker_init(_):
 
 
 class EpochLoader:
-    """One rank's batches of one epoch. `len()` is the full epoch (identical on every rank); iteration starts
-    at `start_batch`."""
+    """One rank's batches of one epoch, from a position in the epoch's batch sequence on. Iterating yields the
+    batches; `steps()` groups them by optimizer step."""
 
-    def __init__(self, batches: EpochBatches, plan: EpochPlan, start_batch: int, loader_kwargs: dict):
-        self.dataset, self.plan, self.start_batch, self.loader_kwargs = batches, plan, start_batch, loader_kwargs
+    def __init__(self, batches: EpochBatches, plan: EpochPlan, steps: list[Step], rank: int, start_batch: int,
+                 loader_kwargs: dict):
+        self.dataset, self.plan, self.rank, self.loader_kwargs = batches, plan, rank, loader_kwargs
+        self.step_plan, self.start_batch = steps, start_batch
 
     def __len__(self) -> int:
+        """Batches this rank yields (from the start position)."""
         return len(self.dataset)
+
+    @property
+    def n_batches(self) -> int:
+        """Batches of the whole epoch, over all ranks."""
+        return len(self.plan.batches)
 
     @property
     def item_batches(self) -> list[np.ndarray]:
@@ -292,7 +301,7 @@ class EpochLoader:
         return self.dataset.batches
 
     def __iter__(self):
-        order = range(self.start_batch, len(self.dataset))
+        order = range(len(self.dataset))
         if self.loader_kwargs.get("num_workers", 0) == 0:
             for b in order:
                 yield self.dataset[b]
@@ -301,6 +310,13 @@ class EpochLoader:
             self.dataset, batch_size=None, sampler=order, collate_fn=_identity, worker_init_fn=_worker_init,
             **self.loader_kwargs,
         )
+
+    def steps(self):
+        """Per optimizer step: (batches of the step over all ranks, an iterator over this rank's batches of it,
+        possibly none). Consume each step's iterator before asking for the next step."""
+        batches = iter(self)
+        for step in self.step_plan:
+            yield step.size, itertools.islice(batches, len(step.ranks[self.rank]))
 
 
 def make_transform_for(spec: DataSpec):
@@ -321,10 +337,14 @@ def prepare_tables(spec: DataSpec) -> None:
 
 
 def make_loader(spec: DataSpec, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1,
-                start_batch: int = 0, shuffle: bool = True, num_workers: int = 0, pin_memory: bool = False,
-                prefetch_factor: int | None = None, multiprocessing_context=None) -> EpochLoader:
-    """This rank's loader for one epoch: batches are a pure function of (dataset, spec, seed, epoch, rank,
-    world_size), so a run resumed at `start_batch=b` sees exactly batches b, b+1, ... of the full run."""
+                start_batch: int = 0, per_step: int | None = None, shuffle: bool = True, num_workers: int = 0,
+                pin_memory: bool = False, prefetch_factor: int | None = None,
+                multiprocessing_context=None) -> EpochLoader:
+    """This rank's loader for one epoch. The epoch's batches are a pure function of (dataset, spec, seed, epoch),
+    whatever the world size; `start_batch` is a position in that sequence (batches all ranks consumed so far) and
+    `per_step` the batches of one optimizer step over all ranks (default world_size: one per rank). So a run
+    resumed at `start_batch=b` sees exactly the batches b, b+1, ... of the full run, and a run resumed there with
+    another world size sees the same items (dealt differently)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"make_loader: rank {rank} outside 0..{world_size - 1}")
     items = open_dataset(spec.path, spec.allow_pickle, spec.fragmentation_method,
@@ -340,19 +360,21 @@ def make_loader(spec: DataSpec, seed: int = 0, epoch: int = 0, rank: int = 0, wo
         groups = items.index["modality"]
     try:
         plan = plan_epoch(items.index, spec.kind, spec.max_n_vertex_per_gpu, spec.max_n_vertex_per_item, seed, epoch,
-                          world_size, shuffle=shuffle, balance=spec.balance, groups=groups)
+                          shuffle=shuffle, balance=spec.balance, groups=groups)
     except ValueError as e:
         raise DataError(f"{items.path}: {e}") from e
+    if not 0 <= start_batch <= len(plan.batches):
+        raise ValueError(f"make_loader: start_batch {start_batch} outside 0..{len(plan.batches)}")
+    steps = plan.steps(world_size, per_step or world_size, start_batch)
+    mine = [plan.batches[j] for step in steps for j in step.ranks[rank]]
     transform = make_transform_for(spec)
     if transform is not None:
         transform.load_tables()  # here, once: workers inherit them
-    batches = EpochBatches(items, plan.rank_batches(rank), plan.crop_to, labels, spec, seed, epoch, transform)
-    if not 0 <= start_batch <= len(batches):
-        raise ValueError(f"make_loader: start_batch {start_batch} outside 0..{len(batches)}")
+    batches = EpochBatches(items, mine, plan.crop_to, labels, spec, seed, epoch, transform)
     kwargs: dict = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers:
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
         if multiprocessing_context is not None:
             kwargs["multiprocessing_context"] = multiprocessing_context
-    return EpochLoader(batches, plan, start_batch, kwargs)
+    return EpochLoader(batches, plan, steps, rank, start_batch, kwargs)

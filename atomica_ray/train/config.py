@@ -110,10 +110,15 @@ class TrainConfig:
     init_checkpoint: str | None = None  # a checkpoint dir of another run: start from it, this config's hparams win
 
     # --- Ray -------------------------------------------------------------------------------------------------
-    num_workers: int = 1  # Ray Train workers (one per GPU)
+    num_workers: int = 1  # Ray Train workers (one per GPU); `--num-workers MIN:MAX` sets it and max_workers
+    # elastic: grow to this many workers when the cluster has room, shrink down to num_workers (None: fixed size)
+    max_workers: int | None = None
+    resize_interval_s: float = 60.0  # elastic: how often Ray looks for room to grow the worker group
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 0  # worker-group restarts from the latest checkpoint (FailureConfig)
+    max_preemptions: int = -1  # restarts after a node preemption, counted apart from max_failures; -1: no limit
+    preemption_check_steps: int = 10  # ask Ray every N optimizer steps whether a node is being preempted
 
     # --- logging ---------------------------------------------------------------------------------------------
     use_wandb: bool = False
@@ -130,6 +135,9 @@ class TrainConfig:
     crash_marker: str | None = None
     # debug: make the loss of optimizer steps in this list non-finite (every rank), to exercise the skip logic
     nonfinite_steps: list[int] = field(default_factory=list)
+    # Wait up to 10 minutes after optimizer step N (once per run; asking Ray about preemption every 0.5 s), so that a
+    # test can remove, add or drain a node while the run is mid-epoch.
+    hold_at_steps: list[int] = field(default_factory=list)
 
     # ------------------------------------------------------------------------------------------------------------
     @classmethod
@@ -140,6 +148,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
         types_ = cls.field_types()
+        values = split_worker_range(values, source)
         unknown = sorted(set(values) - set(types_))
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(types_)}")
@@ -165,7 +174,7 @@ class TrainConfig:
             key, sep, value = text.partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"{source}: expected key=value, got {text!r}")
-            changes[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            changes[key.strip()] = yaml.load(value, Loader=ConfigLoader) if value.strip() else None
         return TrainConfig.from_dict({**self.to_dict(), **changes}, source=source)
 
     def validate(self, source: str = "config") -> None:
@@ -189,6 +198,14 @@ class TrainConfig:
             raise bad("grad_accum", "must be >= 1")
         if self.num_workers < 1:
             raise bad("num_workers", "must be >= 1")
+        if self.max_workers is not None and self.max_workers < self.num_workers:
+            raise bad("max_workers", f"must be >= num_workers ({self.num_workers}); elastic: --num-workers MIN:MAX")
+        if self.resize_interval_s <= 0:
+            raise bad("resize_interval_s", "must be > 0")
+        if self.max_preemptions < -1:
+            raise bad("max_preemptions", "must be >= 0, or -1 for no limit")
+        if self.preemption_check_steps < 1:
+            raise bad("preemption_check_steps", "must be >= 1")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise bad("precision", "choose fp32, bf16 or fp16")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -237,6 +254,16 @@ class TrainConfig:
             raise bad("selection_metric", str(e)) from None
 
     @property
+    def elastic(self) -> bool:
+        return self.max_workers is not None and self.max_workers > self.num_workers
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Batches of one optimizer step over all workers: grad_accum x the largest worker count. Held fixed when an
+        elastic run changes size (each worker then accumulates more or fewer of them)."""
+        return self.grad_accum * (self.max_workers or self.num_workers)
+
+    @property
     def final_lr_value(self) -> float:
         return self.lr if self.final_lr is None else self.final_lr
 
@@ -246,12 +273,39 @@ class TrainConfig:
         return self.patience if self.patience > 0 else self.max_epoch
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that `2:8` stays the string "2:8": YAML 1.1 reads it as a base-60 integer (128),
+    never what a config means (`num_workers: 2:8` is an elastic range)."""
+
+
+def _int_or_range(loader: yaml.SafeLoader, node: yaml.ScalarNode):
+    if ":" in node.value:
+        return node.value
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", _int_or_range)
+
+
+def split_worker_range(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`num_workers: "MIN:MAX"` (the --num-workers 2:8 spelling) -> num_workers MIN, max_workers MAX."""
+    text = values.get("num_workers")
+    if not (isinstance(text, str) and ":" in text):
+        return values
+    low, _, high = text.partition(":")
+    try:
+        low_n, high_n = int(low), int(high)
+    except ValueError:
+        raise ValueError(f"{source}: key 'num_workers': expected N or MIN:MAX (e.g. 2:8), got {text!r}") from None
+    return {**values, "num_workers": low_n, "max_workers": high_n}
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     with open(path) as f:
-        values = yaml.safe_load(f) or {}
+        values = yaml.load(f, Loader=ConfigLoader) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config file must be a mapping of key: value, got {type(values).__name__}")
     return values
