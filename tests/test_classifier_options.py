@@ -126,7 +126,7 @@ def test_new_models_keep_atomicas_checkpoint_contract():
     assert prob.shape == (int((res["B"] != GLB).sum()),) and torch.isfinite(loss)
     multilabel = create_model("multilabel_classifier", **ENCODER, num_classes=3)
     config = multilabel.get_config()
-    assert {"num_classes", "loss_type", "focal_alpha", "focal_gamma", "pocket_embedding_size"} <= set(config)
+    assert {"num_classes", "loss_type", "focal_alpha", "focal_gamma"} <= set(config)
     rebuilt = build_model(config.pop("model_type"), config)
     rebuilt.load_state_dict(multilabel.state_dict(), strict=True)
     assert sorted(k.split(".")[0] for k in multilabel.state_dict() if "classifier" in k)[0] == "classifier_ffn"

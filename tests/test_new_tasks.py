@@ -18,6 +18,7 @@ from atomica_ray.train.config import TrainConfig
 from list_label_data import write_splits
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +73,25 @@ def test_trains_and_resumes(task, options, model_class, keys, ray_local, data, t
     assert rows[0]["global_step"] < rows[1]["global_step"] == 2 * rows[0]["global_step"]
 
 
-def test_residue_task_tunes_with_asha(ray_local, data, tmp_path):
+def structures_dataset(tmp_path) -> dict | None:
+    """The README's residue example data: the real structures of examples/structures/index.csv processed by
+    `atomica-ray process`, every block labelled by the 4 Å interface rule (None without the structures extra)."""
+    pytest.importorskip("gemmi", reason="the structures extra (pip install -e '.[structures]')")
+    from atomica_ray.cli.main import main
+    from atomica_ray.data.labels import main as label
+
+    index = ROOT / "examples" / "structures" / "index.csv"
+    assert main(["process", str(index), "--out", str(tmp_path / "complexes"), "--fragmentation_method", "PS_300",
+                 "--no-progress"]) == 0
+    assert label([str(tmp_path / "complexes"), str(tmp_path / "residues"), "--cutoff", "4.0"]) == 0
+    return {"train": str(tmp_path / "residues"), "valid": str(tmp_path / "residues")}
+
+
+def test_residue_example_tunes_with_asha(ray_local, tmp_path):
+    """README "Residue-level interface prediction": structures -> process -> interface labels -> ASHA sweep."""
     from atomica_ray.cli.main import main
 
+    data = structures_dataset(tmp_path)
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump({**tiny("residue_binary_classifier", data).to_dict(), "max_epoch": 2}))
     space = tmp_path / "space.yaml"

@@ -1,4 +1,4 @@
-"""`atomica-ray convert SRC... --out DIR`: ATOMICA .pkl / .jsonl.gz files -> one Parquet dataset.
+"""`atomica-ray convert SRC... --out DIR`: ATOMICA .pkl / .jsonl.gz / .parquet files -> one Parquet dataset.
 
 Every item is validated; the first bad item stops the conversion with a message naming the file, the item and
 the field, and nothing is left at DIR (the output is written under a temporary name and renamed at the end).
@@ -13,7 +13,8 @@ from atomica_ray.data.parquet import DEFAULT_ROW_GROUP_ITEMS, convert
 
 
 def add_arguments(parser):
-    parser.add_argument("sources", nargs="+", metavar="SRC", help="ATOMICA .pkl or .jsonl.gz files, in order")
+    parser.add_argument("sources", nargs="+", metavar="SRC",
+                        help="ATOMICA .pkl, .jsonl.gz or .parquet (current ATOMICA's process_pdbs) files, in order")
     parser.add_argument("--out", required=True, help="dataset directory to create")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow reading .pkl files (unpickling runs code: only for files you trust)")

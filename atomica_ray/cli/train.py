@@ -110,9 +110,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         launch.check_inputs(cfg)
         launch.resolve_storage_path(args.storage_path)
+        note = checkpoint_numerics_note(cfg)
     except (ValueError, FileNotFoundError) as error:
         print(f"atomica-ray train: {error}", file=sys.stderr)
         return 2
+    if note:
+        print(f"atomica-ray train: note: {note}")
     import ray.train
 
     try:
@@ -123,6 +126,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print_summary(result, cfg)
     return 0
+
+
+def checkpoint_numerics_note(cfg: TrainConfig) -> str | None:
+    """The warning this run's checkpoints will carry, or ValueError under atomica_strict."""
+    from atomica_ray.train.numerics import atomica_numerics_warning
+
+    warning = atomica_numerics_warning(cfg)
+    if warning and cfg.atomica_strict:
+        raise ValueError("--atomica-strict: this run would write checkpoints that ATOMICA's code does not run "
+                         "identically. " + warning)
+    return warning
 
 
 def print_summary(result, cfg: TrainConfig) -> None:

@@ -1,4 +1,4 @@
-"""Readers and validation for ATOMICA's processed item files (`.pkl`, `.jsonl.gz`).
+"""Readers and validation for ATOMICA's processed item files (`.pkl`, `.jsonl.gz`, current ATOMICA's `.parquet`).
 
 An ATOMICA item is a dict: `id`, `data` (X, B, A, atom_positions, block_lengths, segment_ids, torsion_mask,
 optional block_embeddings / block_embeddings0 / block_embeddings1), optional `label`, `affinity`
@@ -38,6 +38,7 @@ Pickles run code when loaded, so `.pkl` files are read only with `allow_pickle=T
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import numbers
 import os
@@ -77,7 +78,9 @@ def source_format(path: str) -> str:
         return "pickle"
     if name.endswith(".jsonl.gz") or name.endswith(".jsonl"):
         return "jsonl"
-    raise DataError(f"{path}: unknown file type; expected an ATOMICA .pkl or .jsonl.gz file "
+    if name.endswith(".parquet"):
+        return "parquet"
+    raise DataError(f"{path}: unknown file type; expected an ATOMICA .pkl, .jsonl.gz or .parquet file "
                     "(or a Parquet dataset directory)")
 
 
@@ -85,8 +88,11 @@ def iter_raw_items(path: str, allow_pickle: bool = False) -> Iterator[dict]:
     """Yield the raw item dicts of an ATOMICA `.pkl` (a list of dicts) or `.jsonl(.gz)` (one dict a line)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
-    if source_format(path) == "pickle":
+    kind = source_format(path)
+    if kind == "pickle":
         yield from _read_pickle(path, allow_pickle)
+    elif kind == "parquet":
+        yield from _read_atomica_parquet(path)
     else:
         yield from _read_jsonl(path)
 
@@ -128,6 +134,84 @@ def _read_jsonl(path: str) -> Iterator[dict]:
                 yield item
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         raise DataError(f"{path}: truncated or corrupted file after line {line_no} ({type(e).__name__}: {e})") from e
+
+
+# Current ATOMICA's Parquet (`process_pdbs` output, read by its `open_data_file`): one row per item, the `data`
+# arrays as list columns (X as a list of [x, y, z]), `block_to_pdb_indexes` as JSON text with string keys, an
+# optional `label`; any other column is an item key. Missing labels are NaN (pandas) or null.
+ATOMICA_PARQUET_DATA = ("X", "B", "A", "atom_positions", "block_lengths", "segment_ids")
+
+
+def _read_atomica_parquet(path: str) -> Iterator[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())})") from e
+    meta = pf.schema_arrow.metadata or {}
+    if b"atomica_ray.format" in meta:
+        raise DataError(f"{path}: this file belongs to an atomica-ray dataset; pass its directory "
+                        f"({os.path.dirname(os.path.abspath(path))}) instead")
+    names = pf.schema_arrow.names
+    missing = [c for c in ("id", "X", "B", "A", "block_lengths", "segment_ids") if c not in names]
+    if missing:
+        raise DataError(f"{path}: not an ATOMICA Parquet file: missing column(s) {', '.join(missing)} "
+                        f"(has {', '.join(names)})")
+    index = 0
+    try:
+        for batch in pf.iter_batches(batch_size=256):
+            columns = {name: batch.column(name) for name in batch.schema.names}
+            arrays = {k: _list_rows(columns[k], path, index, k) for k in ATOMICA_PARQUET_DATA if k in columns}
+            others = {k: v.to_pylist() for k, v in columns.items() if k not in ATOMICA_PARQUET_DATA}
+            for row in range(batch.num_rows):
+                item = {k: vals[row] for k, vals in others.items()}
+                item["data"] = {k: vals[row] for k, vals in arrays.items()}
+                item_id = item.get("id")
+                b2p = item.get("block_to_pdb_indexes")
+                if isinstance(b2p, str):
+                    try:
+                        item["block_to_pdb_indexes"] = json.loads(b2p)
+                    except json.JSONDecodeError as e:
+                        loc = where(path, index, item_id, "block_to_pdb_indexes")
+                        raise DataError(f"{loc}: not valid JSON ({e})") from e
+                label = item.get("label")
+                if isinstance(label, float) and math.isnan(label):
+                    item["label"] = None  # pandas writes a missing label as NaN
+                yield item
+                index += 1
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: cannot read rows after item {index} ({' '.join(str(e).split())})") from e
+
+
+def _list_rows(column, path: str, first: int, name: str) -> list:
+    """Per-row numpy arrays of a list column (X, flat or as [[x, y, z], ...], -> [n, 3]); None for null rows."""
+    import pyarrow as pa
+
+    def is_list(t) -> bool:
+        return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+    if not is_list(column.type):
+        raise DataError(f"{where(path, first, None, name)}: expected a list column, got {column.type}")
+    offsets = column.offsets.to_numpy()  # [rows + 1] into column.values
+    values = column.values
+    if is_list(values.type):  # X as [[x, y, z], ...]
+        inner = values.offsets.to_numpy()  # [atoms + 1] into values.values
+        bad = np.nonzero(np.diff(inner) != 3)[0]
+        if len(bad):
+            row = int(np.searchsorted(offsets, bad[0], side="right") - 1)
+            raise DataError(f"{where(path, first + row, None, name)}: expected [x, y, z] for every atom")
+        child = values.values.to_numpy(zero_copy_only=False)
+        offsets, flat = inner[offsets], child  # row r: flat[offsets[r]:offsets[r + 1]]
+    else:
+        flat = values.to_numpy(zero_copy_only=False)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    rows = []
+    for r in range(len(column)):
+        seg = flat[offsets[r]:offsets[r + 1]] if valid[r] else None
+        rows.append(seg.reshape(-1, 3) if seg is not None and name == "X" else seg)
+    return rows
 
 
 # --- validation ---------------------------------------------------------------------------------

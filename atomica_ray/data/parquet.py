@@ -273,10 +273,12 @@ def write_dataset(
     row_group_items: int = DEFAULT_ROW_GROUP_ITEMS,
     overwrite: bool = False,
     extra_meta=None,
+    extra_files=None,
 ) -> dict:
     """Write (source, record) pairs to a Parquet dataset at `out_dir`; returns the dataset.json content.
 
     `extra_meta`: a callable returning more dataset.json entries, called once every record is written.
+    `extra_files`: a callable given the unfinished directory, to write more files that appear with the dataset.
     Raises before writing anything if `out_dir` exists and `overwrite` is False. Any error while writing
     removes the temporary output and leaves `out_dir` as it was."""
     out_dir = os.path.abspath(os.fspath(out_dir))
@@ -327,6 +329,8 @@ def write_dataset(
         }
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=1)
+        if extra_files is not None:
+            extra_files(tmp)
         _replace_dir(tmp, out_dir)
         return meta
     except BaseException:

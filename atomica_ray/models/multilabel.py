@@ -42,7 +42,7 @@ class MultiLabelClassifierModel(PredictionModel):
 
     def head_config(self) -> dict:
         return {"num_classes": self.num_classes, "loss_type": self.loss_type, "focal_alpha": self.focal_alpha,
-                "focal_gamma": self.focal_gamma, "pocket_embedding_size": self.pocket_embedding_size}
+                "focal_gamma": self.focal_gamma}
 
     def set_class_weights(self, weights: torch.Tensor) -> None:
         """ATOMICA's name: for this model the weights are BCE's `pos_weight` (and focal loss's alpha)."""

@@ -70,7 +70,8 @@ class TrainConfig:
     lr_warmup_steps: int = 0  # linear warmup from 0 over this many optimizer steps (ATOMICA had none)
     grad_accum: int = 1  # micro-batches per optimizer step
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only)
-    # CUDA only: replay the encoders' layer stacks from CUDA graphs over bucketed graph sizes (models/cuda_graphs.py)
+    # CUDA only: replay the encoders' layer stacks from CUDA graphs over bucketed graph sizes
+    # (models/kernels/cuda_graphs.py)
     cuda_graphs: bool = False
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights and validate with it
     max_bad_steps: int = 5  # fail after this many optimizer steps in a row with a non-finite loss or gradient
@@ -89,6 +90,10 @@ class TrainConfig:
     pred_nonlinearity: str = "relu"
     num_pred_layers: int = 3
     pred_hidden_size: int = 32
+
+    # --- ATOMICA checkpoints (ours; models/config_keys.py) ---------------------------------------------------
+    atomica_numerics: bool = False  # build the model with ATOMICA's numerics (no atomica-ray fixes)
+    atomica_strict: bool = False  # refuse to write checkpoints whose numerics ATOMICA's code does not have
 
     # --- pretraining noise and masking (ATOMICA's names) -----------------------------------------------------
     atom_noise: float = 0.0

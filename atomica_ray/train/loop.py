@@ -22,6 +22,7 @@ checkpoint at once and train on until the node goes; Ray restarts the group from
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomica_ray.models.cuda_graphs import capture_stats, enable_cuda_graphs
+from atomica_ray.models.kernels.cuda_graphs import capture_stats, enable_cuda_graphs
 from atomica_ray.tasks import task_for
 from atomica_ray.tasks.spec import Task, encoder_kwargs
 from atomica_ray.train import dist
@@ -63,12 +64,13 @@ def seed_all(seed: int) -> None:
 
 def build_model(cfg: TrainConfig, task: Task) -> torch.nn.Module:
     """A fresh model, or ATOMICA pretrained weights moved into the task's model class (fine-tuning)."""
-    from atomica_ray.models import create_model, load_atomica
+    from atomica_ray.models import ATOMICA_BEHAVIOUR, create_model, load_atomica
 
+    numerics = ATOMICA_BEHAVIOUR if cfg.atomica_numerics else {}
     if cfg.pretrain_config:
         return load_atomica(cfg.pretrain_config, cfg.pretrain_weights, model_type=task.model_class,
-                            partial_finetune=cfg.partial_finetune, **finetune_overrides(cfg, task))
-    return create_model(task.name, **encoder_kwargs(cfg), **task.model_kwargs(cfg))
+                            partial_finetune=cfg.partial_finetune, **finetune_overrides(cfg, task), **numerics)
+    return create_model(task.name, **encoder_kwargs(cfg), **task.model_kwargs(cfg), **numerics)
 
 
 def finetune_overrides(cfg: TrainConfig, task: Task) -> dict:
@@ -266,7 +268,8 @@ class WorkerRun:
             from atomica_ray.models import save_atomica
 
             tmp = tempfile.mkdtemp(prefix="atomica-ckpt-")
-            write_checkpoint(Path(tmp), model=self.model, save_atomica=save_atomica, optimizer=self.optimizer,
+            save = functools.partial(save_atomica, strict=self.cfg.atomica_strict)
+            write_checkpoint(Path(tmp), model=self.model, save_atomica=save, optimizer=self.optimizer,
                              scaler=self.scaler, ema=self.ema, state=self.state, rng_states=rngs,
                              history=self.logger.history, config=self.cfg.to_dict())
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
