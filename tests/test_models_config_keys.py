@@ -23,8 +23,10 @@ from test_models_checkpoint import FIXTURE, TINY, first_item, structure
 
 TASKS = {"PredictionModel": None, "ClassifierModel": "binary_classifier", "RegressionPredictor": "regression",
          "MultiClassClassifierModel": "multiclass_classifier", "AffinityPredictor": "PDBBind",
-         "MaskedNodeModel": "masking", "DenoisePretrainModel": "pretrain_torsion"}
-HEADS = {"MultiClassClassifierModel": dict(num_classes=3), "MaskedNodeModel": dict(num_masked_block_classes=146),
+         "MaskedNodeModel": "masking", "DenoisePretrainModel": "pretrain_torsion",
+         "ResidueClassifierModel": "residue_binary_classifier", "MultiLabelClassifierModel": "multilabel_classifier"}
+HEADS = {"MultiClassClassifierModel": dict(num_classes=3), "MultiLabelClassifierModel": dict(num_classes=3),
+         "MaskedNodeModel": dict(num_masked_block_classes=146),
          "DenoisePretrainModel": dict(num_masked_block_classes=146)}
 
 
@@ -49,7 +51,17 @@ def atomica_like_load(config: dict, signatures: dict) -> None:
         atomica_like_load(config.pop("prot_model"), signatures)
         assert not config, f"ProteinInterfaceModel config keys beyond prot_model: {sorted(config)}"
         return
-    signatures[model_type].bind(**config)
+    # current ATOMICA's classes of issue 17 (classifier_model.py): ResidueClassifierModel takes ClassifierModel's
+    # arguments; MultiLabelClassifierModel MultiClassClassifierModel's and its loss_type, focal_*, pocket_* ones
+    if model_type == "ResidueClassifierModel":
+        sig = signatures["ClassifierModel"]
+    elif model_type == "MultiLabelClassifierModel":
+        extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None)
+                 for k in ("loss_type", "focal_alpha", "focal_gamma", "pocket_embedding_size")]
+        sig = inspect.Signature(list(signatures["MultiClassClassifierModel"].parameters.values()) + extra)
+    else:
+        sig = signatures[model_type]
+    sig.bind(**config)
 
 
 def new_model(model_type: str):
@@ -107,7 +119,6 @@ def test_current_atomica_configs_load_when_new_options_are_off(tmp_path):
     ("MaskedNodeModel", dict(top_max_edge_length=8), "top_max_edge_length=8"),
     ("MaskedNodeModel", dict(na_loss_weight=2.0, attn_pad_mask=True), "attn_pad_mask=True"),
     ("DenoisePretrainModel", dict(top_long_range_edge_length=15.0), "top_long_range_edge_length=15.0"),
-    ("MultiClassClassifierModel", dict(loss_type="focal", focal_gamma=3.0), "loss_type='focal'"),
     ("MultiClassClassifierModel", dict(pocket_embedding_size=64), "pocket_embedding_size=64"),
     ("ClassifierModel", dict(some_future_option=True), "some_future_option=True"),
 ])
@@ -120,8 +131,15 @@ def test_current_atomica_options_switched_on_are_refused_by_name(reference, mode
 def test_unknown_keys_that_are_off_are_dropped_and_new_model_types_named(reference):
     ref = reference["ClassifierModel"]
     load_atomica({**ref["config"], "some_future_option": None, "another": False}, ref["state_dict"])
-    with pytest.raises(ValueError, match="model_type 'ResidueClassifierModel' is not one of"):
-        load_atomica({**ref["config"], "model_type": "ResidueClassifierModel"}, ref["state_dict"])
+    with pytest.raises(ValueError, match="model_type 'FutureClassifierModel' is not one of"):
+        load_atomica({**ref["config"], "model_type": "FutureClassifierModel"}, ref["state_dict"])
+
+
+def test_current_atomica_focal_configs_load_as_focal(reference):
+    """Focal loss is implemented (issue 17): a current-ATOMICA multi-class config with it on loads, with it."""
+    ref = reference["MultiClassClassifierModel"]
+    model = load_atomica({**ref["config"], "loss_type": "focal", "focal_gamma": 3.0}, ref["state_dict"])
+    assert model.loss_type == "focal" and model.focal_gamma == 3.0
 
 
 def test_numerics_warning_sidecar_and_strict(reference, tmp_path):

@@ -21,6 +21,10 @@ def add_arguments(parser):
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists (only once complete)")
     parser.add_argument("--fragmentation-method", default="PS_300", choices=["PS_300", "PS_500", "none"],
                         help="vocabulary the block types are checked against (default PS_300)")
+    parser.add_argument("--list-labels", default="auto", choices=["auto", "block", "vector"],
+                        help="a list-valued label is one 0/1 per non-global block (block, residue tasks) or a label "
+                             "vector (vector, multi-label); auto: a 0/1 list as long as the non-global blocks is "
+                             "block labels")
     parser.add_argument("--row-group-items", type=int, default=DEFAULT_ROW_GROUP_ITEMS,
                         help=f"items per Parquet row group (default {DEFAULT_ROW_GROUP_ITEMS})")
 
@@ -29,7 +33,7 @@ def run(args) -> int:
     method = None if args.fragmentation_method == "none" else args.fragmentation_method
     try:
         meta = convert(args.sources, args.out, allow_pickle=args.allow_pickle, fragmentation_method=method,
-                       row_group_items=args.row_group_items, overwrite=args.overwrite)
+                       row_group_items=args.row_group_items, overwrite=args.overwrite, list_labels=args.list_labels)
     except (DataError, FileExistsError) as e:
         print(f"atomica-ray convert: error: {e}", file=sys.stderr)
         return 2

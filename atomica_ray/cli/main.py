@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("atomica_ray.cli.tune", "run a Ray Tune sweep"),
     "report": ("atomica_ray.cli.report", "plot a finished sweep (PNG + HTML)"),
     "spot-watch": ("atomica_ray.cli.spot_watch", "drain this Ray node when the cloud announces a spot reclaim"),
+    "probe": ("atomica_ray.cli.probe", "probe frozen embeddings over seeds and settings (Tune), with intervals"),
 }
 
 

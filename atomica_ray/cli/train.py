@@ -71,8 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               default=argparse.SUPPRESS, help=help_)
         else:
             metavar = "N|MIN:MAX" if key == "num_workers" else base.__name__.upper()  # MIN:MAX: elastic
+            many = typing.get_origin(base) is list  # ATOMICA's nargs flags (--focal_alpha 0.25 0.75)
             keys.add_argument(*_flag_names(key), dest=key, type=str, default=argparse.SUPPRESS,
-                              metavar=metavar, help=help_)
+                              nargs="+" if many else None, metavar=metavar, help=help_)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
@@ -139,9 +140,9 @@ def checkpoint_numerics_note(cfg: TrainConfig) -> str | None:
 
 
 def print_summary(result, cfg: TrainConfig) -> None:
-    from atomica_ray.tasks import get_task
+    from atomica_ray.tasks import task_for
 
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     print(f"run directory: {result.path}")
     if result.checkpoint is not None:
         print(f"latest checkpoint: {result.checkpoint.path}")

@@ -18,11 +18,18 @@ optional block_embeddings / block_embeddings0 / block_embeddings1), optional `la
                                       "mask_rotate": None | bool [n, n_segment_atoms - 1]}
                           or None when the source has no torsion masks
     block_embeddings*     float32 [rows, dim] or absent
-    label                 float | int | None
+    label                 float | int | None   (a scalar label)
+    block_labels          int8 [n_non_global_blocks] | None   one 0/1 per non-global block, in block order
+                          (residue_binary_classifier: ATOMICA's list-valued `label` of a residue item)
+    label_vector          float32 [num_classes] | None   (multilabel_classifier: ATOMICA's float-vector `label`)
     affinity              float | None (affinity['neglog_aff'])
     modality              int | None (names from MODALITIES are mapped to their index)
     dist_th               float | None
     block_to_pdb_indexes  dict[int, str] | None
+
+A list-valued ATOMICA `label` is one of the two list kinds: `list_labels="block"` or `"vector"` says which; "auto"
+(the default) takes a list of 0/1 values as long as the item's non-global blocks as block labels, anything else as
+a label vector.
 
 Every error is a `DataError` naming the file, the item (index and id) and the field.
 Pickles run code when loaded, so `.pkl` files are read only with `allow_pickle=True`.
@@ -247,7 +254,38 @@ def _scalar(value, loc: str) -> float | int | None:
     raise DataError(f"{loc}: expected a number, got {type(value).__name__}")
 
 
-def validate_item(item: object, source: str, index: int, num_block_types: int | None = None) -> dict:
+LIST_LABEL_KINDS = ("auto", "block", "vector")
+
+
+def _list_label(value, n_non_global: int, how: str, loc: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(block_labels, label_vector) of a list-valued label; see the module docstring."""
+    if how not in LIST_LABEL_KINDS:
+        raise ValueError(f"list_labels must be one of {LIST_LABEL_KINDS}, got {how!r}")
+    arr = _array(value, np.float64, loc, 1)
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"{loc}: non-finite value at position {int(np.argmax(~np.isfinite(arr)))}")
+    binary = bool(np.all((arr == 0) | (arr == 1)))
+    if how == "auto":
+        how = "block" if binary and len(arr) == n_non_global else "vector"
+    if how == "vector":
+        if len(arr) == 0:
+            raise DataError(f"{loc}: an empty label vector")
+        return None, arr.astype(np.float32)
+    if len(arr) != n_non_global:
+        raise DataError(f"{loc}: {len(arr)} block labels for {n_non_global} non-global blocks (one 0/1 per "
+                        "non-global block, in block order)")
+    if not binary:
+        bad = int(np.argmax((arr != 0) & (arr != 1)))
+        raise DataError(f"{loc}: block label {arr[bad]} at position {bad} is not 0 or 1")
+    return arr.astype(np.int8), None
+
+
+def is_list_label(value) -> bool:
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.size != 1)
+
+
+def validate_item(item: object, source: str, index: int, num_block_types: int | None = None,
+                  list_labels: str = "auto") -> dict:
     """Check one raw ATOMICA item and return its record (see the module docstring)."""
     if num_block_types is None:
         num_block_types = len(get_vocab("PS_300"))
@@ -327,7 +365,13 @@ def validate_item(item: object, source: str, index: int, num_block_types: int | 
     if "block_embeddings" in record and len(record["block_embeddings"]) != n_blocks:
         raise DataError(f"{loc('block_embeddings')}: {len(record['block_embeddings'])} rows for {n_blocks} blocks")
 
-    record["label"] = _scalar(item.get("label"), loc("label"))
+    record["block_labels"] = record["label_vector"] = None
+    if is_list_label(item.get("label")):
+        record["label"] = None
+        record["block_labels"], record["label_vector"] = _list_label(
+            item["label"], int(np.sum(B != GLB)), list_labels, loc("label"))
+    else:
+        record["label"] = _scalar(item.get("label"), loc("label"))
     affinity = item.get("affinity")
     if isinstance(affinity, dict):
         affinity = affinity.get("neglog_aff")
@@ -437,7 +481,8 @@ def _mask(m, n_rows: int, n_atoms: int, loc: str) -> np.ndarray:
     return arr
 
 
-def read_records(path: str, allow_pickle: bool = False, num_block_types: int | None = None) -> Iterator[dict]:
+def read_records(path: str, allow_pickle: bool = False, num_block_types: int | None = None,
+                 list_labels: str = "auto") -> Iterator[dict]:
     """Validated records of one ATOMICA file, in order."""
     for i, raw in enumerate(iter_raw_items(path, allow_pickle)):
-        yield validate_item(raw, path, i, num_block_types)
+        yield validate_item(raw, path, i, num_block_types, list_labels)

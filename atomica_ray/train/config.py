@@ -30,7 +30,7 @@ class TrainConfig:
     task: str = "binary_classifier"
     train_set: str | None = None
     valid_set: str | None = None
-    num_classifier_classes: int | None = None  # multiclass_classifier only
+    num_classifier_classes: int | None = None  # multiclass_classifier and multilabel_classifier only
     max_n_vertex_per_gpu: int = 1000  # block budget of one batch, per rank (ATOMICA: per GPU)
     valid_max_n_vertex_per_gpu: int | None = None  # None: same as max_n_vertex_per_gpu
     max_n_vertex_per_item: int | None = None  # larger items are cropped around the interface
@@ -39,6 +39,17 @@ class TrainConfig:
     fragmentation_method: str | None = None  # None | PS_300 | PS_500
     allow_pickle: bool = False  # reading ATOMICA .pkl files runs pickle: opt in explicitly
     loader_workers: int = 0  # DataLoader processes per Ray worker (ATOMICA's --num_workers)
+
+    # --- classifier options (ATOMICA's flags) -----------------------------------------------------------------
+    use_focal_loss: bool = False  # focal loss instead of (B)CE (multiclass_classifier, multilabel_classifier)
+    focal_gamma: float = 2.0  # focal loss focusing parameter (0 = cross-entropy)
+    focal_alpha: list[float] | None = None  # focal loss weights: one number, or one per class; None: unweighted
+    weighted_loss: bool = False  # class weights (multiclass) / pos_weight (multilabel) from the training labels
+    multiclass_metric: str | None = None  # auprc | f1_macro: what multiclass / multilabel select by (None: auprc)
+    selection_metric: str | None = None  # reported val_* metric ranking checkpoints and early stopping; None: task's
+    random_block_sampling: bool = False  # each training item keeps a random subset of its non-global blocks
+    block_sampling_p_keep: float = 1.0  # probability of keeping each non-global block when sampling
+    block_sampling_p_none: float = 0.0  # probability of leaving an item whole when sampling
 
     # --- optimisation (ATOMICA's names) ----------------------------------------------------------------------
     lr: float = 1e-3
@@ -179,8 +190,9 @@ class TrainConfig:
 
         if self.task not in TASKS:
             raise bad("task", f"unknown task; choose one of {sorted(TASKS)}")
-        if self.task == "multiclass_classifier" and not self.num_classifier_classes:
-            raise bad("num_classifier_classes", "multiclass_classifier needs the number of classes")
+        if self.task in ("multiclass_classifier", "multilabel_classifier") and not self.num_classifier_classes:
+            raise bad("num_classifier_classes", f"{self.task} needs the number of classes")
+        self._validate_classifier_options(bad)
         if self.lr <= 0:
             raise bad("lr", "must be > 0")
         if self.final_lr is not None and self.final_lr <= 0:
@@ -217,6 +229,34 @@ class TrainConfig:
             raise bad("atom_noise", "atom and torsion noise cannot be used together (as in ATOMICA)")
         if self.max_bad_steps < 1:
             raise bad("max_bad_steps", "must be >= 1")
+
+    def _validate_classifier_options(self, bad) -> None:
+        """The options of issue 17 (ATOMICA's classifier flags), where ATOMICA allows them."""
+        from atomica_ray.tasks import get_task, selection
+
+        per_class = ("multiclass_classifier", "multilabel_classifier")
+        for key in ("use_focal_loss", "weighted_loss"):
+            if getattr(self, key) and self.task not in per_class:
+                raise bad(key, f"only for {' and '.join(per_class)} (as in ATOMICA), not {self.task}")
+        if self.focal_gamma < 0:
+            raise bad("focal_gamma", "must be >= 0")
+        if self.focal_alpha is not None and len(self.focal_alpha) not in (1, self.num_classifier_classes or 1):
+            raise bad("focal_alpha", f"give one weight or one per class ({self.num_classifier_classes})")
+        if self.multiclass_metric not in (None, "auprc", "f1_macro"):
+            raise bad("multiclass_metric", "choose auprc or f1_macro")
+        for key in ("block_sampling_p_keep", "block_sampling_p_none"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise bad(key, "must be in [0, 1]")
+        task = get_task(self.task)
+        if self.random_block_sampling and task.data_kind(self) not in ("labelled", "multiclass", "residue",
+                                                                        "multilabel"):
+            raise bad("random_block_sampling", f"only for labelled classification/regression tasks, not {self.task}")
+        if self.balanced_sampler and task.label_kind != "scalar":
+            raise bad("balanced_sampler", f"{self.task} has list-valued labels: there is no class to balance")
+        try:
+            selection(task, self)
+        except ValueError as e:
+            raise bad("selection_metric", str(e)) from None
 
     @property
     def elastic(self) -> bool:

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from atomica_ray.tasks import get_task
+from atomica_ray.tasks import task_for
 from atomica_ray.train.config import TrainConfig
 
 DEFAULT_STORAGE = "~/atomica-ray-runs"
@@ -41,6 +41,25 @@ def check_inputs(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value and "://" not in value and not os.path.exists(value):
             raise FileNotFoundError(f"config: key {key!r}: {value} does not exist")
+    check_list_labels(cfg)
+
+
+def check_list_labels(cfg: TrainConfig) -> None:
+    """Tasks with list-valued labels: every item of the local train / valid sets has its labels, of the width the
+    config says (a DataError naming file, item and field, before any worker starts)."""
+    from atomica_ray.tasks import get_task
+
+    task = get_task(cfg.task)
+    if task.label_kind == "scalar":
+        return
+    from atomica_ray.data.loader import LIST_LABELS_OF_KIND, check_list_labels as check, open_dataset
+
+    kind = task.data_kind(cfg)
+    for key in ("train_set", "valid_set"):
+        path = getattr(cfg, key)
+        if path and "://" not in path:
+            ds = open_dataset(path, cfg.allow_pickle, cfg.fragmentation_method, LIST_LABELS_OF_KIND[kind])
+            check(ds, kind, cfg.num_classifier_classes)
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -65,7 +84,7 @@ def build_trainer(cfg: TrainConfig, run_name: str, storage_path: str | None = No
     from atomica_ray.train.loop import train_loop_per_worker
 
     cfg = absolute_paths(cfg)
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     score = task.selection_metric if cfg.valid_set else None
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from atomica_ray.models.kernels.cuda_graphs import capture_stats, enable_cuda_graphs
-from atomica_ray.tasks import get_task
+from atomica_ray.tasks import task_for
 from atomica_ray.tasks.spec import Task, encoder_kwargs
 from atomica_ray.train import dist
 from atomica_ray.train.checkpoint import (
@@ -98,6 +98,8 @@ def data_spec(cfg: TrainConfig, task: Task, path: str, train: bool):
         atom_noise=cfg.atom_noise or None, translation_noise=cfg.translation_noise or None,
         rotation_noise=cfg.rotation_noise or None, max_rotation=cfg.max_rotation,
         torsion_noise=cfg.torsion_noise or None, mask_proportion=cfg.mask_proportion or None,
+        num_classes=cfg.num_classifier_classes, random_block_sampling=train and cfg.random_block_sampling,
+        block_sampling_p_keep=cfg.block_sampling_p_keep, block_sampling_p_none=cfg.block_sampling_p_none,
     )
 
 
@@ -154,7 +156,7 @@ class WorkerRun:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.name = ctx.get_experiment_name()
         self.device = ray.train.torch.get_device()
-        self.task = get_task(cfg.task)
+        self.task = task_for(cfg)  # with the selection metric this config asks for
         self.run_dir = local_run_dir(self.name)
         self.storage = RunStorage()
 
@@ -195,6 +197,12 @@ class WorkerRun:
         for spec in (self.train_spec, self.valid_spec):  # before epoch 0, not inside its first batch
             if spec is not None:
                 prepare_tables(spec)
+        if self.task.prepare is not None:  # state from the training labels (e.g. weighted_loss), every start
+            from atomica_ray.data.loader import LIST_LABELS_OF_KIND, open_dataset
+
+            train = open_dataset(cfg.train_set, cfg.allow_pickle, cfg.fragmentation_method,
+                                 LIST_LABELS_OF_KIND.get(self.train_spec.kind, "auto"))
+            self.task.prepare(self.model, cfg, train)
         if self.state.total_steps == 0:
             n0 = self._train_loader(epoch=0, start_batch=0).n_batches
             self.state.total_steps = cfg.max_epoch * math.ceil(n0 / cfg.micro_batches_per_step)

@@ -4,6 +4,9 @@
     <sweep>/report/metric_vs_<key>.png     each trial's best metric against each searched hyperparameter
     <sweep>/report/asha_rungs.png          how many trials reached each ASHA rung (ASHA sweeps)
     <sweep>/report/index.html              the plots, the best trial and the table of all trials
+                                           (+ the probe section when `atomica-ray probe --sweep` wrote one)
+
+A probe run's directory (`atomica-ray probe --name`) gets a page of its probe section alone.
 
 Histories come from Tune's per-trial result.json (see results.py), so a report works on an interrupted sweep too.
 
@@ -313,8 +316,50 @@ def trials_section(ctx: ReportContext) -> Section:
                    + html_table(trials_table(ctx.trials, ctx.settings)))
 
 
+def probe_html(experiment_dir: Path) -> str | None:
+    """The probe results (probe/sweep.py) of a run directory as HTML: one row per probe setting, the test metric
+    as seed mean ± 95% interval over seeds and as the seed ensemble with its bootstrap interval, the comparison
+    with the setting chosen on validation. None when there are none."""
+    from atomica_ray.probe.sweep import load_results
+
+    summary = load_results(experiment_dir)
+    if summary is None:
+        return None
+    m = summary["metric"]
+
+    def f(v):
+        return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    rows = []
+    for row in summary["settings"]:
+        mean, half = row["seed_mean"][m]
+        value, low, high = row["ensemble"][m]
+        if row["best"]:
+            vs = "best (chosen on validation)"
+        else:
+            v = row["vs_best"]
+            vs = f"{f(-v['delta'])} [{f(-v['high'])}, {f(-v['low'])}], p = {v['p_value']:.3g}"
+            if "mcnemar" in v:
+                vs += f"; McNemar p = {v['mcnemar']['p_value']:.3g}"
+        rows.append({"setting": row["setting"], "seeds": len(row["seeds"]), f"valid {m}": f(row["valid_ensemble"]),
+                     f"test {m} (seed mean ± 95%)": f"{f(mean)} ± {f(half)}",
+                     f"test {m} (ensemble [95% CI])": f"{f(value)} [{f(low)}, {f(high)}]",
+                     "Δ vs best [95% CI], p": vs})
+    level = "block level: intervals resample structures" if summary["block_level"] else "item level"
+    return (f"<p>{html.escape(summary['representation'])}, {summary['task_type']} ({level}); "
+            f"metric {html.escape(m)} on the {html.escape(summary['test_split'])} split; rows "
+            f"{html.escape(str(summary['rows']))}; {summary['n_boot']} bootstrap resamples</p>\n" + html_table(rows))
+
+
+def probe_section(ctx: ReportContext) -> Section | None:
+    body = probe_html(ctx.experiment_dir)
+    ctx.drawn["probe"] = body is not None
+    return None if body is None else Section("probe", "Probe", body)
+
+
 SECTIONS: list[Callable[[ReportContext], Section | None]] = [
     overview_section, learning_curves_section, hyperparameters_section, asha_section, trials_section,
+    probe_section,
 ]
 
 
@@ -352,9 +397,20 @@ td, th {{border: 1px solid #ccc; padding: 2px 6px}}
 """
 
 
+def write_probe_report(experiment_dir: Path) -> dict:
+    """The page of a probe run's directory (`atomica-ray probe --name`): its probe section alone."""
+    out = experiment_dir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PAGE).write_text(render_page(f"Probe {experiment_dir.name}",
+                                        [Section("probe", "Probe", probe_html(experiment_dir))]))
+    return {"trials": [], "figures": {}, "html": str(out / PAGE), "probe": True}
+
+
 def write_report(experiment_dir: str | Path, sections=None) -> dict:
     """Write the plots and index.html; returns what was drawn (file names, line/point/bar counts)."""
     experiment_dir = Path(experiment_dir)
+    if not (experiment_dir / "sweep.json").is_file() and probe_html(experiment_dir) is not None:
+        return write_probe_report(experiment_dir)  # a probe run, not a sweep
     settings = SweepSettings.load(str(experiment_dir))
     out = experiment_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
