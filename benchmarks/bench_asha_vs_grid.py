@@ -42,7 +42,8 @@ def main() -> int:
     from atomica_ray.data.demo import write_demo_splits
     from atomica_ray.tune.results import load_trials, summarize
     from atomica_ray.tune.space import parse_space
-    from atomica_ray.tune.sweep import resolve_settings, run_sweep, start_ray, stop_ray
+    from atomica_ray.train.launch import init_ray, shutdown_ray
+    from atomica_ray.tune.sweep import resolve_settings, run_sweep
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-asha-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,7 @@ def main() -> int:
         "grid": dict(scheduler="fifo", search="grid", num_samples=1),
         "asha_optuna": dict(scheduler="asha", search="optuna", num_samples=args.num_samples),
     }
-    start_ray(None, args.num_cpus)
+    init_ray(None, args.num_cpus)
     summary = {}
     try:
         for label, how in runs.items():
@@ -77,7 +78,7 @@ def main() -> int:
             print(f"{label}: best val_rmse {best['value']:.4f} {best['params']}, {summary[label]['trials']} trials, "
                   f"{summary[label]['trial_epochs']} trial-epochs, {wall:.0f} s", flush=True)
     finally:
-        stop_ray()
+        shutdown_ray()
     g, a = summary["grid"], summary["asha_optuna"]
     gap = (a["best_val_rmse"] - g["best_val_rmse"]) / g["best_val_rmse"]
     frac = a["trial_epochs"] / g["trial_epochs"]

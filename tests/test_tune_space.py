@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """A small demo train / valid pair: the driver opens the datasets a sweep names before it starts."""
+    from atomica_ray.data.demo import write_demo_splits
+
+    return write_demo_splits(str(tmp_path_factory.mktemp("demo")), n_train=4, n_valid=2)
+
+
 def space(params, **extra):
     return parse_space({"params": params, **extra}, "s.yaml")
 
@@ -106,7 +114,7 @@ def test_yaml_errors_name_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
-def test_shipped_spaces_are_valid_for_their_tasks(path, tmp_path):
+def test_shipped_spaces_are_valid_for_their_tasks(path, tmp_path, data):
     s = load_space(path)
     s.validate_keys(TrainConfig.field_types())
     assert set(s.tasks) <= set(TASKS)
@@ -114,12 +122,17 @@ def test_shipped_spaces_are_valid_for_their_tasks(path, tmp_path):
     s.tune_config("random")
     assert s.pbt_mutations()
     # every value at the edges of every param gives a valid TrainConfig of the space's task
-    (tmp_path / "train").mkdir()
-    (tmp_path / "valid").mkdir()
     task = s.tasks[0] if s.tasks else "binary_classifier"
-    base = {"task": task, "train_set": str(tmp_path / "train"), "valid_set": str(tmp_path / "valid")}
-    if task == "multiclass_classifier":
+    if task in ("residue_binary_classifier", "multilabel_classifier"):  # their labels are checked on the driver
+        from list_label_data import write_splits
+
+        write_splits(tmp_path, n_train=2, n_valid=2)
+        base = {"task": task, "train_set": str(tmp_path / "train"), "valid_set": str(tmp_path / "valid")}
+    else:
+        base = {"task": task, "train_set": data["train"], "valid_set": data["valid"]}
+    if task in ("multiclass_classifier", "multilabel_classifier"):
         base["num_classifier_classes"] = 3
+    base["fragmentation_method"] = "PS_300"  # the demo items have fragment blocks
     settings = resolve_settings(base, s, name="x", storage_path=str(tmp_path), num_samples=4, scheduler="asha",
                                 search="optuna", gpus_per_trial=0, workers_per_trial=1, max_concurrent=None,
                                 seed=0)
@@ -132,25 +145,28 @@ def test_lr_grad_clip_space_is_a_full_grid():
     assert not s.tasks  # any task
 
 
-def test_space_for_another_task_is_refused(tmp_path):
+def test_space_for_another_task_is_refused(tmp_path, data):
     s = load_space(ROOT / "tune_spaces" / "masking.yaml")
     with pytest.raises(SpaceError, match=r"masking\.yaml: task: the space is for masking"):
-        resolve_settings({"task": "PDBBind", "train_set": str(tmp_path), "valid_set": str(tmp_path)}, s,
+        resolve_settings({"task": "PDBBind", "train_set": data["train"], "valid_set": data["valid"],
+                          "fragmentation_method": "PS_300"}, s,
                          name="x", storage_path=str(tmp_path), num_samples=2, scheduler="asha", search="optuna",
                          gpus_per_trial=0, workers_per_trial=1, max_concurrent=None, seed=0)
 
 
-def test_param_value_invalid_for_the_config_is_named(tmp_path):
+def test_param_value_invalid_for_the_config_is_named(tmp_path, data):
     s = space({"final_lr": {"choice": [1e-6, 0.0]}})  # TrainConfig refuses final_lr <= 0
     with pytest.raises(SpaceError, match=r"params\.final_lr.*'final_lr'.*must be > 0"):
-        resolve_settings({"task": "PDBBind", "train_set": str(tmp_path), "valid_set": str(tmp_path)}, s,
+        resolve_settings({"task": "PDBBind", "train_set": data["train"], "valid_set": data["valid"],
+                          "fragmentation_method": "PS_300"}, s,
                          name="x", storage_path=str(tmp_path), num_samples=2, scheduler="asha", search="optuna",
                          gpus_per_trial=0, workers_per_trial=1, max_concurrent=None, seed=0)
 
 
-def test_cli_refuses_a_malformed_space_naming_the_key(tmp_path, capsys):
+def test_cli_refuses_a_malformed_space_naming_the_key(tmp_path, data, capsys):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"task": "PDBBind", "train_set": str(tmp_path), "valid_set": str(tmp_path)}))
+    config.write_text(yaml.safe_dump({"task": "PDBBind", "train_set": data["train"], "valid_set": data["valid"],
+                          "fragmentation_method": "PS_300"}))
     bad = tmp_path / "bad.yaml"
     bad.write_text("params:\n  lr: {loguniform: [1.0e-5, 1.0e-2]}\n  grad_clip: {uniform: [5.0, 1.0]}\n")
     code = main(["tune", "--config", str(config), "--space", str(bad), "--num-samples", "2",
@@ -166,13 +182,13 @@ def test_cli_refuses_a_malformed_space_naming_the_key(tmp_path, capsys):
 
 
 def test_concurrency_is_cluster_resources_over_trial_resources():
-    # a trial = its workers (1 CPU each [+ 1 GPU each]) + 1 CPU for the trial driver
-    assert trial_resources(1, 0) == {"CPU": 2.0}
-    assert trial_resources(2, 2) == {"CPU": 3.0, "GPU": 2.0}
+    # a trial = its workers (1 CPU each [+ 1 GPU each]) + 0.1 CPU for the trial driver (it only waits on its run)
+    assert trial_resources(1, 0) == {"CPU": 1.1}
+    assert trial_resources(2, 2) == {"CPU": 2.1, "GPU": 2.0}
     assert derive_concurrency({"CPU": 2.0}, trial_resources(1, 0)) == 1
-    assert derive_concurrency({"CPU": 16.0}, trial_resources(1, 0)) == 8
+    assert derive_concurrency({"CPU": 16.0}, trial_resources(1, 0)) == 14
     assert derive_concurrency({"CPU": 64.0, "GPU": 8.0}, trial_resources(2, 2)) == 4  # GPU-bound
-    assert derive_concurrency({"CPU": 8.0, "GPU": 8.0}, trial_resources(2, 2)) == 2  # CPU-bound
+    assert derive_concurrency({"CPU": 8.0, "GPU": 8.0}, trial_resources(2, 2)) == 3  # CPU-bound
     with pytest.raises(ValueError, match="one trial needs"):
         derive_concurrency({"CPU": 1.0}, trial_resources(1, 0))
     with pytest.raises(ValueError, match="one trial needs"):
@@ -190,12 +206,13 @@ def test_pbt_refuses_to_perturb_integer_params():
 
 
 @pytest.mark.parametrize("search", ["optuna", "random", "grid"])
-def test_every_search_algorithm_is_limited_to_the_derived_concurrency(tmp_path, search):
+def test_every_search_algorithm_is_limited_to_the_derived_concurrency(tmp_path, data, search):
     """Tune ignores TuneConfig.max_concurrent_trials for a searcher passed in: each one carries the limit."""
     from atomica_ray.tune.sweep import make_searcher
 
     s = space({"lr": {"grid": [1e-4, 1e-3]}})
-    settings = resolve_settings({"task": "PDBBind", "train_set": str(tmp_path), "valid_set": str(tmp_path)}, s,
+    settings = resolve_settings({"task": "PDBBind", "train_set": data["train"], "valid_set": data["valid"],
+                          "fragmentation_method": "PS_300"}, s,
                                 name="x", storage_path=str(tmp_path), num_samples=4, scheduler="asha",
                                 search=search, gpus_per_trial=0, workers_per_trial=1, max_concurrent=None, seed=0)
     searcher = make_searcher(settings, concurrency=3)

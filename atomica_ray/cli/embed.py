@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model_config", "--model-config", dest="model_config", help="ATOMICA config.json")
     parser.add_argument("--model_weights", "--model-weights", dest="model_weights", help="ATOMICA weights .pt")
     parser.add_argument("--data_path", "--data-path", "--data", dest="data_path", required=True,
-                        help="Parquet dataset dir, or an ATOMICA .pkl / .jsonl.gz")
+                        help="Parquet dataset dir, or an ATOMICA .pkl / .jsonl.gz / .parquet")
     parser.add_argument("--output_path", "--output-path", "--out", dest="output_path", required=True,
                         help="Parquet file to write")
     parser.add_argument("--max_n_vertex_per_gpu", "--batch-blocks", dest="budget", type=int, default=1000,

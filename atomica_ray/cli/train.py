@@ -62,7 +62,10 @@ def _metavar(key: str, d: dict) -> str:
     if d.get("choices"):
         text = "|".join("null" if c is None else str(c) for c in d["choices"])
         return text if len(text) <= 24 else "NAME"
-    return _scalar_type(d["type"]).__name__.upper()
+    base = _scalar_type(d["type"])
+    if typing.get_origin(base) is list:
+        base = typing.get_args(base)[0]
+    return base.__name__.upper()
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, what: str = "run") -> argparse._ArgumentGroup:
@@ -112,10 +115,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(other, dest=key, action=argparse.BooleanOptionalAction,
                                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
-            group.add_argument(shown, dest=key, type=str, default=argparse.SUPPRESS, metavar=metavar,
+            many = typing.get_origin(_scalar_type(d["type"])) is list  # ATOMICA's nargs flags (--focal_alpha 0.25 0.75)
+            nargs = "+" if many else None
+            group.add_argument(shown, dest=key, type=str, default=argparse.SUPPRESS, metavar=metavar, nargs=nargs,
                                help=key_help(d, metavar))
             for other in others:
-                group.add_argument(other, dest=key, type=str, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                group.add_argument(other, dest=key, type=str, default=argparse.SUPPRESS, nargs=nargs,
+                                   help=argparse.SUPPRESS)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:

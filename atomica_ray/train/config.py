@@ -44,14 +44,17 @@ def key(default: Any, help: str, *, ge: float | None = None, gt: float | None = 
 # the section a key belongs to starts at the key named here and runs to the next section's first key
 SECTIONS = {
     "task": "task and data",
+    "use_focal_loss": "classifier options",
     "lr": "optimisation",
     "atom_hidden_size": "model",
+    "atomica_numerics": "ATOMICA checkpoints",
     "atom_noise": "pretraining noise and masking",
     "pretrain_config": "starting points",
     "num_workers": "Ray",
     "use_wandb": "logging",
     "crash_at_step": "test hooks",
 }
+
 
 @dataclass
 class TrainConfig:
@@ -60,7 +63,8 @@ class TrainConfig:
                     choices=tuple(TASKS))
     train_set: str | None = key(None, "training data: a Parquet dataset dir or an ATOMICA .pkl / .jsonl.gz file")
     valid_set: str | None = key(None, "validation data (same forms); its metrics rank checkpoints")
-    num_classifier_classes: int | None = key(None, "number of classes (multiclass_classifier only)", ge=2)
+    num_classifier_classes: int | None = key(None, "number of classes (multiclass and multilabel classifiers)",
+                                             ge=2)
     max_n_vertex_per_gpu: int = key(1000, "block budget of one training batch, per worker", ge=1)
     valid_max_n_vertex_per_gpu: int | None = key(None, "block budget of a validation batch (null: as training)",
                                                  ge=1)
@@ -71,6 +75,19 @@ class TrainConfig:
                                            choices=(None, "PS_300", "PS_500"))
     allow_pickle: bool = key(False, "allow reading ATOMICA .pkl files (unpickling runs code: trusted files only)")
     loader_workers: int = key(0, "DataLoader processes per Ray worker (ATOMICA's --num_workers)", ge=0)
+
+    # --- classifier options (ATOMICA's flags) -----------------------------------------------------------------
+    use_focal_loss: bool = key(False, "focal loss instead of (B)CE (multiclass_classifier, multilabel_classifier)")
+    focal_gamma: float = key(2.0, "focal loss focusing parameter (0: cross-entropy)", ge=0)
+    focal_alpha: list[float] | None = key(None, "focal loss weights: one number, or one per class (null: none)")
+    weighted_loss: bool = key(False, "class weights (multiclass) or pos_weight (multilabel) from the training labels")
+    multiclass_metric: str | None = key(None, "what multiclass / multilabel runs select by (null: auprc)",
+                                        choices=(None, "auprc", "f1_macro"))
+    selection_metric: str | None = key(None, "reported val_* metric that ranks checkpoints (null: the task's)")
+    random_block_sampling: bool = key(False, "each training item keeps a random subset of its non-global blocks")
+    block_sampling_p_keep: float = key(1.0, "probability of keeping each non-global block when sampling",
+                                       ge=0, le=1)
+    block_sampling_p_none: float = key(0.0, "probability of leaving an item whole when sampling", ge=0, le=1)
 
     # --- optimisation (ATOMICA's names) ----------------------------------------------------------------------
     lr: float = key(1e-3, "peak learning rate", gt=0)
@@ -94,7 +111,7 @@ class TrainConfig:
     grad_accum: int = key(1, "micro-batches per optimizer step", ge=1)
     precision: str = key("fp32", "fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only)",
                          choices=("fp32", "bf16", "fp16"))
-    # CUDA only: replay the encoders' layer stacks from CUDA graphs over bucketed graph sizes (models/cuda_graphs.py)
+    # replay the encoders' layer stacks from CUDA graphs over bucketed graph sizes (models/kernels/cuda_graphs.py)
     cuda_graphs: bool = key(False, "CUDA only: replay the encoder layers from CUDA graphs")
     ema_decay: float = key(0.0, "> 0: validate and save an exponential moving average of the weights", ge=0, lt=1)
     max_bad_steps: int = key(5, "fail after this many optimizer steps in a row with a non-finite loss or gradient",
@@ -115,6 +132,10 @@ class TrainConfig:
                                  choices=("relu", "gelu", "elu"))
     num_pred_layers: int = key(3, "layers of the prediction head", ge=1)
     pred_hidden_size: int = key(32, "hidden size of the prediction head", ge=1)
+
+    # --- ATOMICA checkpoints (ours; models/config_keys.py) ---------------------------------------------------
+    atomica_numerics: bool = key(False, "build the model with ATOMICA's numerics (no atomica-ray fixes)")
+    atomica_strict: bool = key(False, "refuse to write checkpoints whose numerics ATOMICA's code does not have")
 
     # --- pretraining noise and masking (ATOMICA's names) -----------------------------------------------------
     atom_noise: float = key(0.0, "Gaussian noise on atom coordinates (Angstrom; 0: off)", ge=0)
@@ -237,8 +258,9 @@ class TrainConfig:
             why = check_value(value, d)
             if why:
                 raise bad(name, why)
-        if self.task == "multiclass_classifier" and not self.num_classifier_classes:
-            raise bad("num_classifier_classes", "multiclass_classifier needs the number of classes")
+        if self.task in ("multiclass_classifier", "multilabel_classifier") and not self.num_classifier_classes:
+            raise bad("num_classifier_classes", f"{self.task} needs the number of classes")
+        self._validate_classifier_options(bad)
         if self.final_lr is not None and self.final_lr > self.lr:
             raise bad("final_lr", f"must not exceed lr ({self.lr:g}): the schedule decays from lr to final_lr")
         if self.max_workers is not None and self.max_workers < self.num_workers:
@@ -250,6 +272,34 @@ class TrainConfig:
         for key_ in ("train_set", "valid_set", "pretrain_config", "pretrain_weights", "init_checkpoint"):
             if getattr(self, key_) == "":
                 raise bad(key_, "an empty path; use null for none")
+
+    def _validate_classifier_options(self, bad) -> None:
+        """The options of issue 17 (ATOMICA's classifier flags), where ATOMICA allows them."""
+        from atomica_ray.tasks import get_task, selection
+
+        per_class = ("multiclass_classifier", "multilabel_classifier")
+        for key in ("use_focal_loss", "weighted_loss"):
+            if getattr(self, key) and self.task not in per_class:
+                raise bad(key, f"only for {' and '.join(per_class)} (as in ATOMICA), not {self.task}")
+        if self.focal_gamma < 0:
+            raise bad("focal_gamma", "must be >= 0")
+        if self.focal_alpha is not None and len(self.focal_alpha) not in (1, self.num_classifier_classes or 1):
+            raise bad("focal_alpha", f"give one weight or one per class ({self.num_classifier_classes})")
+        if self.multiclass_metric not in (None, "auprc", "f1_macro"):
+            raise bad("multiclass_metric", "choose auprc or f1_macro")
+        for key in ("block_sampling_p_keep", "block_sampling_p_none"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise bad(key, "must be in [0, 1]")
+        task = get_task(self.task)
+        if self.random_block_sampling and task.data_kind(self) not in ("labelled", "multiclass", "residue",
+                                                                        "multilabel"):
+            raise bad("random_block_sampling", f"only for labelled classification/regression tasks, not {self.task}")
+        if self.balanced_sampler and task.label_kind != "scalar":
+            raise bad("balanced_sampler", f"{self.task} has list-valued labels: there is no class to balance")
+        try:
+            selection(task, self)
+        except ValueError as e:
+            raise bad("selection_metric", str(e)) from None
 
     @property
     def elastic(self) -> bool:

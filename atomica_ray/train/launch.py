@@ -21,6 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
+from atomica_ray.tasks import task_for
 from atomica_ray.train.config import TrainConfig
 from atomica_ray.train.errors import InputError, Interrupted, RunFailed, cause_of
 
@@ -97,7 +98,7 @@ def build_trainer(cfg: TrainConfig, run_name: str, storage_path: str | None = No
             self.controller = controller
 
     cfg = absolute_paths(cfg)
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     score = task.selection_metric if cfg.valid_set else None
     # Elastic (--num-workers MIN:MAX): Ray starts with as many workers as the cluster has room for, restarts the
     # group smaller when a node goes and larger when room appears (checked every resize_interval_s); each restart
@@ -397,6 +398,7 @@ def execute(command: str, cfg: TrainConfig, name: str | None = None, storage_pat
     try:
         storage = resolve_storage_path(storage_path)
         preflight.check_train(cfg, name, storage)
+        note = checkpoint_numerics_note(cfg)
     except (InputError, ValueError) as error:
         print(f"atomica-ray {command}: error: {error}", file=sys.stderr)
         return 2, None
@@ -409,6 +411,8 @@ def execute(command: str, cfg: TrainConfig, name: str | None = None, storage_pat
     with Console(command, log_path_for(storage, name), verbose, cfg.progress_bar) as console:
         try:
             console.line(f"run {name}: {run_dir}")
+            if note:
+                console.line(f"note: {note}")
             for note in rundir.repair(run_dir):
                 console.line(note)
             cpus = num_cpus if num_cpus is not None else local_cpus_needed(cfg)
@@ -440,6 +444,18 @@ def execute(command: str, cfg: TrainConfig, name: str | None = None, storage_pat
         if summarize:
             summary(console, result, cfg, time.monotonic() - started)
     return 0, result
+
+
+def checkpoint_numerics_note(cfg: TrainConfig) -> str | None:
+    """The warning this run's checkpoints will carry (models trained with atomica-ray's fixes), or ValueError under
+    atomica_strict."""
+    from atomica_ray.train.numerics import atomica_numerics_warning
+
+    warning = atomica_numerics_warning(cfg)
+    if warning and cfg.atomica_strict:
+        raise ValueError("--atomica-strict: this run would write checkpoints that ATOMICA's code does not run "
+                         "identically. " + warning)
+    return warning
 
 
 def shutdown_ray() -> None:

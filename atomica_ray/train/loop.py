@@ -28,6 +28,7 @@ checkpoint at once and train on until the node goes; Ray restarts the group from
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -43,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomica_ray.models.cuda_graphs import capture_stats, enable_cuda_graphs
-from atomica_ray.tasks import get_task
+from atomica_ray.models.kernels.cuda_graphs import capture_stats, enable_cuda_graphs
+from atomica_ray.tasks import task_for
 from atomica_ray.tasks.spec import Task, encoder_kwargs
 from atomica_ray.train import dist
 from atomica_ray.train.checkpoint import (
@@ -73,12 +74,13 @@ def seed_all(seed: int) -> None:
 
 def build_model(cfg: TrainConfig, task: Task) -> torch.nn.Module:
     """A fresh model, or ATOMICA pretrained weights moved into the task's model class (fine-tuning)."""
-    from atomica_ray.models import create_model, load_atomica
+    from atomica_ray.models import ATOMICA_BEHAVIOUR, create_model, load_atomica
 
+    numerics = ATOMICA_BEHAVIOUR if cfg.atomica_numerics else {}
     if cfg.pretrain_config:
         return load_atomica(cfg.pretrain_config, cfg.pretrain_weights, model_type=task.model_class,
-                            partial_finetune=cfg.partial_finetune, **finetune_overrides(cfg, task))
-    return create_model(task.name, **encoder_kwargs(cfg), **task.model_kwargs(cfg))
+                            partial_finetune=cfg.partial_finetune, **finetune_overrides(cfg, task), **numerics)
+    return create_model(task.name, **encoder_kwargs(cfg), **task.model_kwargs(cfg), **numerics)
 
 
 def finetune_overrides(cfg: TrainConfig, task: Task) -> dict:
@@ -106,6 +108,8 @@ def data_spec(cfg: TrainConfig, task: Task, path: str, train: bool):
         atom_noise=cfg.atom_noise or None, translation_noise=cfg.translation_noise or None,
         rotation_noise=cfg.rotation_noise or None, max_rotation=cfg.max_rotation,
         torsion_noise=cfg.torsion_noise or None, mask_proportion=cfg.mask_proportion or None,
+        num_classes=cfg.num_classifier_classes, random_block_sampling=train and cfg.random_block_sampling,
+        block_sampling_p_keep=cfg.block_sampling_p_keep, block_sampling_p_none=cfg.block_sampling_p_none,
     )
 
 
@@ -200,7 +204,7 @@ class WorkerRun:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.name = ctx.get_experiment_name()
         self.device = ray.train.torch.get_device()
-        self.task = get_task(cfg.task)
+        self.task = task_for(cfg)  # with the selection metric this config asks for
         self.run_dir = local_run_dir(self.name)
         self.storage = RunStorage()
 
@@ -244,6 +248,12 @@ class WorkerRun:
         for spec in (self.train_spec, self.valid_spec):  # before epoch 0, not inside its first batch
             if spec is not None:
                 prepare_tables(spec)
+        if self.task.prepare is not None:  # state from the training labels (e.g. weighted_loss), every start
+            from atomica_ray.data.loader import LIST_LABELS_OF_KIND, open_dataset
+
+            train = open_dataset(cfg.train_set, cfg.allow_pickle, cfg.fragmentation_method,
+                                 LIST_LABELS_OF_KIND.get(self.train_spec.kind, "auto"))
+            self.task.prepare(self.model, cfg, train)
         n0 = self._train_loader(epoch=0, start_batch=0).n_batches  # of the whole epoch, whatever the world size
         total_steps = cfg.max_epoch * math.ceil(n0 / cfg.micro_batches_per_step)
         stretched = None
@@ -363,7 +373,8 @@ class WorkerRun:
             tmp = Path(tempfile.mkdtemp(prefix=f"atomica-ckpt-{os.getpid()}-"))
             where = f"{storage.experiment_fs_path} (via {tmp})"
         try:
-            write_checkpoint(tmp, model=self.model, save_atomica=save_atomica, optimizer=self.optimizer,
+            save = functools.partial(save_atomica, strict=self.cfg.atomica_strict)
+            write_checkpoint(tmp, model=self.model, save_atomica=save, optimizer=self.optimizer,
                              scaler=self.scaler, ema=self.ema, state=self.state, rng_states=rngs,
                              history=self.logger.history, config=self.cfg.to_dict(), manifest=False)
         except Exception as error:

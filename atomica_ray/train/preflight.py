@@ -71,13 +71,15 @@ def check_data(cfg: TrainConfig, key: str, min_items: int = 1) -> int:
     """Open (or convert) the dataset of config key `key`, check it holds items and that its labels fit the task;
     returns its item count."""
     from atomica_ray.data.items import DataError
-    from atomica_ray.data.loader import item_labels, open_dataset
+    from atomica_ray.data.loader import LIST_LABELS_OF_KIND, check_list_labels, item_labels, open_dataset
     from atomica_ray.tasks import get_task
 
     path = getattr(cfg, key)
     task = get_task(cfg.task)
+    kind = task.data_kind(cfg)
     try:
-        ds = open_dataset(path, allow_pickle=cfg.allow_pickle, fragmentation_method=cfg.fragmentation_method)
+        ds = open_dataset(path, allow_pickle=cfg.allow_pickle, fragmentation_method=cfg.fragmentation_method,
+                          list_labels=LIST_LABELS_OF_KIND.get(kind, "auto"))
     except DataError as e:
         raise InputError(str(e)) from None
     shown = os.path.abspath(path)  # the user's file, not its converted copy in the cache
@@ -88,9 +90,9 @@ def check_data(cfg: TrainConfig, key: str, min_items: int = 1) -> int:
     if len(ds) < min_items:
         raise InputError(f"{shown}: {len(ds)} items; config key {key!r} needs at least {min_items}"
                          + (" (one per Ray worker)" if min_items > 1 else ""))
-    kind = task.data_kind(cfg)
     try:
         labels = item_labels(ds, kind)
+        check_list_labels(ds, kind, cfg.num_classifier_classes)  # block labels / label vectors of the right size
     except DataError as e:
         raise InputError(str(e).replace(ds.path, shown)) from None
     if labels is not None and task.check_labels is not None:

@@ -329,7 +329,7 @@ def resolve_settings(base_config: dict, space: SearchSpace, *, name: str, storag
                      scheduler: str, search: str, gpus_per_trial: float, workers_per_trial: int,
                      max_concurrent: int | None, seed: int) -> SweepSettings:
     """Validate everything that can be checked before Ray starts; returns the settings of a new sweep."""
-    from atomica_ray.tasks import get_task
+    from atomica_ray.tasks import task_for
     from atomica_ray.train.config import TrainConfig
     from atomica_ray.train.launch import absolute_paths, check_inputs
 
@@ -346,7 +346,7 @@ def resolve_settings(base_config: dict, space: SearchSpace, *, name: str, storag
         cfg = cfg.replace(save_topk=-1)  # a donor's checkpoint must outlive later, better ones
     check_inputs(cfg)
     cfg = absolute_paths(cfg)  # trial drivers run in their own directories
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     if space.tasks and cfg.task not in space.tasks:
         raise SpaceError(f"{space.path}: task: the space is for {', '.join(space.tasks)}, the run config trains "
                          f"{cfg.task}")
