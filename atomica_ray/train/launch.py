@@ -117,14 +117,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # Pinned to a closed port: left to auto-detection, the cleaner could ask another local cluster's dashboard,
         # miss this run's controller there and remove its placement group.
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{free_port()}"
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
         return
     # A new local Ray. Ray Train's placement-group cleaner finds "its" cluster's state API by auto-detection, which
     # picks another cluster when several run on one machine, misses the controller there and removes this run's
     # placement group. Pin it: a known dashboard port, exported before the workers are spawned.
     port = free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
+    # address="local": a new Ray, not one some `ray start --head` left on this machine (ray.init() without an
+    # address joins the cluster named in /tmp/ray/ray_current_cluster)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=port)
 
 
 def run(cfg: TrainConfig, name: str | None = None, storage_path: str | None = None, address: str | None = None,
