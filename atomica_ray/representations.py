@@ -118,7 +118,7 @@ def check_options(names, pool: str | None, segment: int | None) -> None:
     interface = [s.name for s in specs if s.needs_segment]
     if interface and segment is None:
         raise ValueError(f"{', '.join(interface)} need --segment: 0 (receptor) or 1 (ligand or partner)")
-    if segment is not None and segment not in (0, 1):
+    if isinstance(segment, int) and segment not in (0, 1):
         raise ValueError(f"--segment {segment}: ATOMICA items have segments 0 and 1")
 
 
@@ -198,10 +198,13 @@ def batch_independent(model: AtomicaBackbone):
         model.batch_independent = before
 
 
-def compute(model, batch: dict, names, *, pool: str | None = None, segment: int | None = None,
+def compute(model, batch: dict, names, *, pool: str | None = None, segment: int | torch.Tensor | None = None,
             pad_width: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The named representations (canonical names) of a collated batch, rows item after item:
-    atom level [Na, w], block level [Nb, w], graph and interface levels [n_items, w]. float32."""
+    atom level [Na, w], block level [Nb, w], graph and interface levels [n_items, w]. float32.
+
+    `segment`: the interface level's segment, one for all items or one per item [n_items]; `pad_width`: see
+    `AtomicaBackbone._encode`."""
     names = {canonical(n) for n in names}
     check_options(names, pool, segment)
     enc_model = encoder_of(model)
@@ -212,6 +215,8 @@ def compute(model, batch: dict, names, *, pool: str | None = None, segment: int 
     B = torch.as_tensor(batch["B"], device=device)
     segment_ids = torch.as_tensor(batch["segment_ids"], device=device)
     n_items = int(torch.as_tensor(batch["lengths"]).shape[0])
+    if isinstance(segment, torch.Tensor):
+        segment = torch.as_tensor(segment, device=device)[enc.batch_id]  # [Nb]: each block's item's segment
     keep = None if segment is None else segment_ids == segment  # [Nb]
 
     out: dict[str, torch.Tensor] = {}

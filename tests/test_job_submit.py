@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,18 @@ def stop_session(marker: str) -> None:
 
 def run(cmd: list[str], env: dict, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_job(address: str, job_id: str, env: dict, timeout: float) -> str:
+    """The job's final status line (lower case), or the last one seen when `timeout` passes."""
+    status, deadline = "", time.time() + timeout
+    while time.time() < deadline:
+        out = run(["ray", "job", "status", "--address", address, job_id], env, 60)
+        status = (out.stdout + out.stderr).lower()
+        if any(s in status for s in ("succeeded", "failed", "stopped")):
+            break
+        time.sleep(2)
+    return status
 
 
 def test_job_submit_trains_and_checkpoints():
@@ -133,6 +146,21 @@ def test_job_submit_trains_and_checkpoints():
         assert (checkpoints[0] / "train_state.pt").is_file()
         assert (run_dir / "metrics_history.jsonl").is_file()
         assert "val_bce" in logs  # the driver printed the final metrics
+
+        # the run directory, handed to `atomica-ray predict` in a second job: its best checkpoint (by val_bce), on
+        # the Ray Data pipeline of the job's cluster (the job's driver joins it through RAY_ADDRESS)
+        predictions = work / "pred.parquet"
+        predict_id = f"atomica-predict-{secrets.token_hex(4)}"
+        predict = ["atomica-ray", "predict", "--checkpoint", str(run_dir), "--data_path", data["valid"],
+                   "--output_path", str(predictions), "--device", "cpu", "--shard_items", "4"]
+        submit = run(["ray", "job", "submit", "--address", address, "--working-dir", ".", "--submission-id",
+                      predict_id, "--no-wait", "--", *predict], env, 120, cwd=ROOT)
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        status = wait_for_job(address, predict_id, env, 300)
+        logs = run(["ray", "job", "logs", "--address", address, predict_id], env, 60).stdout
+        assert "succeeded" in status, f"job status: {status}\n--- job logs ---\n{logs[-6000:]}"
+        assert "checkpoint_epoch0000" in logs and "predict: predicted 8 items" in logs
+        assert pq.read_table(predictions).num_rows == 8
     finally:
         stop_session(str(ray_tmp))
         assert not session_processes(str(ray_tmp)), "the test's Ray head is still running"

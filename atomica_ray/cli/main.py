@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("atomica_ray.cli.train", "train one task with Ray Train"),
     "embed": ("atomica_ray.cli.embed", "write graph / block / atom embeddings to Parquet"),
     "predict": ("atomica_ray.cli.predict", "write a trained model's predictions to Parquet"),
+    "score": ("atomica_ray.cli.score", "ATOMICAScore: rank each residue's importance for its partner"),
     "tune": ("atomica_ray.cli.tune", "run a Ray Tune sweep"),
     "report": ("atomica_ray.cli.report", "plot a finished sweep (PNG + HTML)"),
 }

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atomica_ray.data.collate import to_device
 from atomica_ray.models.cuda_graphs import capture_stats, enable_cuda_graphs
 from atomica_ray.tasks import get_task
 from atomica_ray.tasks.spec import Task, encoder_kwargs
@@ -87,14 +88,6 @@ def data_spec(cfg: TrainConfig, task: Task, path: str, train: bool):
         rotation_noise=cfg.rotation_noise or None, max_rotation=cfg.max_rotation,
         torsion_noise=cfg.torsion_noise or None, mask_proportion=cfg.mask_proportion or None,
     )
-
-
-def to_device(batch, device: torch.device):
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    return batch
 
 
 def is_oom(error: BaseException) -> bool:
