@@ -2,8 +2,8 @@
 
 One module-scoped Ray; tiny models (hidden 8, 2 layers); a demo dataset many block budgets large. Checked: rows
 equal each item's batch-of-one vectors (ATOMICA numerics), a stopped run resumes without recomputing finished
-shards, a run directory's best / latest checkpoint, predictions, ATOMICAScore, `--address`, and the refusals that
-happen on the driver before Ray starts.
+shards (resumed from another process through `--address`), a run directory's best / latest checkpoint,
+predictions, ATOMICAScore, and the refusals that happen on the driver before Ray starts.
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ TINY = dict(atom_hidden_size=8, block_hidden_size=8, edge_size=8, k_neighbors=4,
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """24 demo items (~900 blocks: 9+ batches of the 100-block budget), an encoder with ATOMICA's numerics, and a
-    run directory of a binary classifier with two checkpoints (epoch 0 the better by val_bce)."""
+    """12 demo items (~400 blocks: 10+ batches of a 40-block budget), 4 more for ATOMICAScore (one
+    protein-peptide), an encoder with ATOMICA's numerics, and a run directory of a binary classifier with two
+    checkpoints (epoch 0 the better by val_bce)."""
     root = tmp_path_factory.mktemp("inference")
-    write_demo_dataset(str(root / "data"), 24, seed=5)
+    write_demo_dataset(str(root / "data"), 12, seed=5)
+    write_demo_dataset(str(root / "complexes"), 4, seed=1)  # item 2 is protein-peptide
     torch.manual_seed(0)
     encoder = PredictionModel(**TINY, unk_is_global=True, attention_mask=False, direction_eps=0.0)
     save_atomica(encoder, root / "encoder")
@@ -53,7 +55,8 @@ def files(tmp_path_factory):
             json.dumps({"epoch": e, "global_step": (e + 1) * 10, "val_bce": b}) + "\n"
             for e, b in ((0, 0.40), (1, 0.55))[:epoch + 1]))
         (ckpt / "train_config.yaml").write_text(yaml.safe_dump({"task": "binary_classifier"}))
-    return {"root": root, "data": str(root / "data"), "encoder": str(root / "encoder"), "run": str(run)}
+    return {"root": root, "data": str(root / "data"), "complexes": str(root / "complexes"),
+            "encoder": str(root / "encoder"), "run": str(run)}
 
 
 def items_alone(model_dir: str, data: str, names, pool, segment) -> dict:
@@ -72,30 +75,37 @@ def test_embed_streams_resumes_and_matches_items_alone(ray_local, files, tmp_pat
     out = tmp_path / "emb"  # a directory of parts: finished parts stay visible
     args = ["embed", "--checkpoint", files["encoder"], "--data_path", files["data"], "--output_path", str(out),
             "--representations", "h_block,z_graph,graph_embedding,z_atom,h_interface", "--pool", "mean_std_global",
-            "--segment", "1", "--shard_items", "6", "--max_n_vertex_per_gpu", "100", "--device", "cpu",
+            "--segment", "1", "--shard_items", "2", "--max_n_vertex_per_gpu", "40", "--device", "cpu",
             "--workers", "1"]
 
-    # stop the run (as Ctrl-C would) once two shards are finished
+    # stop the run (as Ctrl-C would) as soon as one shard is reported (the worker may finish a few more meanwhile)
     update = pipeline.Progress.update
 
-    def stop_after_two(self, summary):
+    def stop_after_one(self, summary):
         update(self, summary)
-        if self.done_shards == 2:
-            raise KeyboardInterrupt
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline.Progress, "update", stop_after_two)
+    monkeypatch.setattr(pipeline.Progress, "update", stop_after_one)
     assert main(args) == 130
     monkeypatch.setattr(pipeline.Progress, "update", update)
     assert "run the same command again to resume" in capsys.readouterr().err
     finished = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
-    assert 2 <= len(finished) < 4 and not (out / "_SUCCESS").exists()
+    assert 1 <= len(finished) < 6 and not (out / "_SUCCESS").exists()
 
-    assert main(args) == 0
-    printed = capsys.readouterr().out
+    # resumed by another process that joins this Ray by --address (as a second terminal would)
+    import ray
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("RAY_ADDRESS", None)
+    resumed = subprocess.run([sys.executable, "-m", "atomica_ray.cli.main", *args, "--address",
+                              ray.get_runtime_context().gcs_address], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    printed = resumed.stdout
     done = int(re.search(r"(\d+) done, resuming", printed).group(1))  # a part may land as the first run stops
-    assert len(finished) <= done < 4 and f"embed: {24 - 6 * done} items on 1 CPU worker" in printed
+    assert len(finished) <= done < 6 and f"embed: {12 - 2 * done} items on 1 CPU worker" in printed
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet") if p.name in finished} == finished
-    assert (out / "_SUCCESS").exists() and len(list(out.glob("part-*.parquet"))) == 4
+    assert (out / "_SUCCESS").exists() and len(list(out.glob("part-*.parquet"))) == 6
 
     table = pq.read_table(out)  # the directory reads as one table
     ds = open_dataset(files["data"])
@@ -109,7 +119,11 @@ def test_embed_streams_resumes_and_matches_items_alone(ray_local, files, tmp_pat
         for column, name in (("h_block", "h_block"), ("z_graph", "z_graph"), ("graph_embedding", "h_graph"),
                              ("z_atom", "z_atom"), ("h_interface", "h_interface")):
             got = np.asarray(row[column], dtype=np.float32).reshape(want[name].shape)
-            assert np.abs(got - want[name].numpy()).max() <= 1e-5, (row["id"], column)
+            # another process with another thread count sums in another order: float32 rounding, relative to
+            # the vectors' scale (z_atom's Gram entries reach ~10); batch independence itself is held to 1e-5
+            # in tests/test_representations.py
+            scale = max(1.0, float(want[name].abs().max()))
+            assert np.abs(got - want[name].numpy()).max() <= 1e-4 * scale, (row["id"], column)
         assert len(row["block_id"]) == len(row["h_block"]) and len(row["atom_id"]) == len(row["z_atom"])
 
     # complete: never replaced without --overwrite; another command on the same parts is refused by name
@@ -145,34 +159,18 @@ def test_predict_picks_a_run_directorys_best_or_latest_checkpoint(ray_local, fil
 
 def test_score_writes_jsonl_and_skips_what_it_cannot_score(ray_local, files, tmp_path, capsys):
     out = tmp_path / "scores.jsonl"
-    assert main(["score", "--checkpoint", files["encoder"], "--data_path", files["data"], "--output_path",
-                 str(out), "--device", "cpu", "--shard_items", "12", "--max_n_vertex_per_gpu", "400"]) == 0
+    assert main(["score", "--checkpoint", files["encoder"], "--data_path", files["complexes"], "--output_path",
+                 str(out), "--device", "cpu", "--shard_items", "2", "--max_n_vertex_per_gpu", "400"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     printed = capsys.readouterr().out
-    ds = open_dataset(files["data"])
+    ds = open_dataset(files["complexes"])
     peptides = [ds[i]["id"] for i in range(len(ds)) if ds[i]["modality"] == 3]  # both sides amino acids
-    assert peptides and f"{len(peptides)} items skipped" in printed
+    assert len(peptides) == 1 and "1 items skipped" in printed and peptides[0] in printed
     assert [r["id"] for r in rows] == [ds[i]["id"] for i in range(len(ds)) if ds[i]["id"] not in peptides]
     for row in rows:
         assert row["ligand_segment"] == 1 and len(row["block_idx"]) == len(row["atomica_score"]) > 0
         assert sorted(row["ranking"]) == sorted(row["block_idx"])
-        assert all(-1.0 <= s <= 1.0 for s in row["atomica_score"])
-
-
-def test_address_connects_to_a_running_cluster(ray_local, files, tmp_path):
-    """The command in another process, joining this module's Ray by --address."""
-    import ray
-
-    out = tmp_path / "emb.parquet"
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "atomica_ray.cli.main", "embed", "--address", ray.get_runtime_context().gcs_address,
-         "--checkpoint", files["encoder"], "--data_path", files["data"], "--output_path", str(out),
-         "--representations", "h_graph", "--device", "cpu", "--shard_items", "12"],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert pq.read_table(out).num_rows == 24
+        assert all(-1.0 - 1e-6 <= s <= 1.0 + 1e-6 for s in row["atomica_score"])
 
 
 def test_bad_input_is_refused_before_ray_starts(files, tmp_path, capsys):
