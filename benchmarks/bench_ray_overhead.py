@@ -40,7 +40,7 @@ from atomica_ray.data import make_loader  # noqa: E402
 from atomica_ray.data.demo import write_demo_dataset  # noqa: E402
 from atomica_ray.tasks import get_task  # noqa: E402
 from atomica_ray.train.config import TrainConfig  # noqa: E402
-from atomica_ray.models.cuda_graphs import capture_stats, enable_cuda_graphs  # noqa: E402
+from atomica_ray.models.kernels.cuda_graphs import capture_stats, enable_cuda_graphs  # noqa: E402
 from atomica_ray.train.loop import autocast, build_model, data_spec, seed_all, to_device  # noqa: E402
 from atomica_ray.train.schedule import build_optimizer  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Check on a GPU that CUDA-graphed encoder stacks (models/cuda_graphs.py) compute what the eager code computes.
+"""Check on a GPU that CUDA-graphed encoder stacks (models/kernels/cuda_graphs.py) compute what the eager code computes.
 
     python benchmarks/check_cuda_graphs.py --batches .bench/bench_batches.pt [--model Classifier] [--bf16]
 
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from atomica_ray.models.cuda_graphs import enable_cuda_graphs
+from atomica_ray.models.kernels.cuda_graphs import enable_cuda_graphs
 from bench_step import build, loss_of, step_inputs
 
 

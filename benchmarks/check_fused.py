@@ -1,4 +1,4 @@
-"""Check, on the GPU, that the Triton contraction (models/fused_contraction.py) computes what the cuBLAS path does,
+"""Check, on the GPU, that the Triton kernels (models/kernels/) compute what the cuBLAS path does,
 for every tensor product of the released DenoisePretrainModel, in fp32 (TF32 off and on) and under bf16 autocast.
 
     python benchmarks/check_fused.py [--edges 20000]
@@ -18,13 +18,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_step import build  # noqa: E402
 
-from atomica_ray.models import tensor_product  # noqa: E402
+from atomica_ray.models.kernels import tensor_product  # noqa: E402
 from atomica_ray.models.equivariant import TensorProductConv  # noqa: E402
 
 
 def run(conv, x, y, h, g, fused: bool, bf16: bool):
-    tensor_product.USE_FUSED = fused
-    tensor_product.FUSED_DTYPES = (torch.float32, torch.bfloat16)  # training uses them in bf16 only; check all
+    tensor_product.set_backend("triton" if fused else "torch")  # "triton": the kernels in every dtype
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         hidden = conv.fc[2](conv.fc[1](conv.fc[0](h)))
         out = conv.stacked_tp(x, y, hidden, conv.fc[3])

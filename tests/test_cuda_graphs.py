@@ -1,11 +1,11 @@
-"""CUDA graphs of the encoder stacks (models/cuda_graphs.py): the padding they need does not change the function.
+"""CUDA graphs of the encoder stacks (models/kernels/cuda_graphs.py): the padding they need does not change the function.
 
 The capture and replay themselves need a GPU: benchmarks/check_cuda_graphs.py compares a graphed and an eager
 training step of the released model there (figures in benchmarks/RESULTS.md)."""
 
 import torch
 
-from atomica_ray.models.cuda_graphs import bucket, capture_stats, enable_cuda_graphs, pad_graph
+from atomica_ray.models.kernels.cuda_graphs import bucket, capture_stats, enable_cuda_graphs, pad_graph
 from atomica_ray.models.interaction import ATOMICAEncoder, layer_stack
 
 

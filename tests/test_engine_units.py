@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from atomica_ray.train import metrics as M
+from atomica_ray.tasks import metrics as M
 from atomica_ray.train.checkpoint import rng_state, set_rng_state
 from atomica_ray.train.config import TrainConfig
 from atomica_ray.train.dist import HostCopy, StepSummary, bad_step, reduce_step

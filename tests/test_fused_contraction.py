@@ -1,12 +1,14 @@
-"""The Triton contraction (models/fused_contraction.py) computes the cuBLAS path's function, forward and backward.
+"""The Triton contraction (models/kernels/fused_contraction.py) computes the cuBLAS path's function, forward and
+backward.
 
 Run in Triton's interpreter (CPU, numpy), in a subprocess because the interpreter is chosen when the kernels are
 defined. fp32 only: the interpreter's bf16 dot is not faithful. Covered: the tensor product of every layer kind of
 the released model (irreps_sequence(32, 16), spherical harmonics up to l = 2), whose T_o the kernels read through
-the row table of the group-major projection buffer, plus two small ones: one with projected elements that no
-output reads (their gradient must be zero) and an output irrep without paths (it must stay zero). On the GPU,
-benchmarks/check_fused.py checks every tensor product of the released model in fp32, TF32 and bf16.
-"""
+the group table of the group-major projection buffer, plus two small ones: one with projected elements that no
+output reads (their gradient must be zero) and an output irrep without paths (it must stay zero). The three
+backward variants (two kernels, the default; one kernel; one kernel that also makes dL/dhidden) take turns over
+the cases. On the GPU, benchmarks/check_fused.py checks every tensor product of the released model in fp32, TF32
+and bf16."""
 
 import os
 import subprocess
@@ -20,11 +22,10 @@ pytest.importorskip("triton")
 
 SCRIPT = r"""
 import torch
-from atomica_ray.models import tensor_product
+from atomica_ray.models.kernels import fused_contraction, tensor_product
 from atomica_ray.models.equivariant import TensorProductConv
 from atomica_ray.models.interaction import irreps_sequence
 
-tensor_product.FUSED_DTYPES = (torch.float32,)  # production uses the kernels in bf16 only
 tensor_product.WEIGHT_CHUNK_ELEMENTS = 2000  # several chunks of edges in backward, on both paths
 tensor_product.FUSED_GRAD_CHUNK_ELEMENTS = 250000  # dL/dw of released layers: up to 11264 per edge, 1 to 3 chunks
 torch.manual_seed(0)
@@ -32,7 +33,11 @@ seq = irreps_sequence(32, 16)
 cases = [(seq[0], seq[1]), (seq[1], seq[2]), (seq[2], seq[3]), (seq[3], seq[3]),
          ("16x0e + 16x1o + 16x1e", "16x0e + 16x1o"),  # 1e x 1o -> 0o and 1e x 2e -> 1e have no output
          ("16x0e", "16x0e + 16x1e")]  # no path into 1e
-for irreps_in, irreps_out in cases:
+for n, (irreps_in, irreps_out) in enumerate(cases):
+    # the three backward variants in turn: two kernels (default), one kernel, one kernel making dL/dhidden too
+    variant = n % 3
+    fused_contraction.SPLIT_BACKWARD = variant == 0
+    tensor_product.KERNEL_HIDDEN_GRAD = variant == 2
     conv = TensorProductConv(irreps_in, "1x0e + 1x1o + 1x2e", irreps_out, 24, 24)
     stp = conv.stacked_tp
     e = 45  # not a multiple of the edge tile
@@ -42,16 +47,16 @@ for irreps_in, irreps_out in cases:
     g = torch.randn(e, conv.tp.irreps_out.dim)
     results, kernels = [], []
     for fused in (False, True):
-        tensor_product.USE_FUSED = fused
+        tensor_product.set_backend("triton" if fused else "torch")  # "triton": the kernels in fp32 too
         hidden = conv.fc[2](conv.fc[1](conv.fc[0](h)))
-        kernels.append(stp._kernels_apply(hidden))
+        kernels.append(stp.backend_for(hidden) == "triton")
         out = stp(x, y, hidden, conv.fc[3])
         grads = torch.autograd.grad(out, [x, y, h, conv.fc[3].weight, conv.fc[3].bias, conv.fc[0].weight], g)
         results.append([out, *grads])
     rel = [((a - b).norm() / a.norm().clamp(min=1e-30)).item() for a, b in zip(*results)]
     assert all(torch.isfinite(b).all() for b in results[1])
     print("CASE", irreps_out.replace(" ", ""), int(kernels[0]), int(kernels[1]), int(stp.kernel_plan.zero_grad),
-          max(rel), float(results[1][0].abs().max()))
+          max(rel), float(results[1][0].abs().max()), variant)
 """
 
 
@@ -62,13 +67,14 @@ def cases():
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [ln.split()[1:] for ln in done.stdout.splitlines() if ln.startswith("CASE")]
     assert len(rows) == 6, done.stdout
+    assert {int(r[-1]) for r in rows} == {0, 1, 2}, "every backward variant ran"
     return [(name, int(off), int(on), int(zero), float(worst), float(peak))
-            for name, off, on, zero, worst, peak in rows]
+            for name, off, on, zero, worst, peak, _ in rows]
 
 
 def test_triton_contraction_equals_cublas_path_in_the_interpreter(cases):
     for name, off, on, _, worst, peak in cases:
-        assert (off, on) == (0, 1), f"{name}: the kernels must run only when USE_FUSED"
+        assert (off, on) == (0, 1), f"{name}: the kernels must run only on the triton backend"
         assert peak > 0, name
         assert worst < 1e-5, (name, worst)  # output and the gradients of x, y, hidden, both Linears
 
@@ -83,7 +89,7 @@ COMPILE = r"""
 import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from atomica_ray.models import fused_contraction as fc
+from atomica_ray.models.kernels import fused_contraction as fc
 from atomica_ray.models.equivariant import TensorProductConv
 from atomica_ray.models.interaction import irreps_sequence
 
@@ -91,25 +97,38 @@ seq = irreps_sequence(32, 16)
 stp = TensorProductConv(seq[3], "1x0e + 1x1o + 1x2e", seq[3], 136, 136).stacked_tp
 target, n = GPUTarget("cuda", 90, 32), 0
 hidden = torch.zeros(1, 136, dtype=torch.bfloat16)
-for b in stp.kernel_plan.blocks:
-    for p in ("*bf16", "*fp32"):
-        dims = fc._dims(hidden, stp.t_rows[b.row0:b.row1], b.mul, b.dim)
-        common = dict(h_ptr=p, w_ptr=p, b_ptr=p, t_ptr=p, rows_ptr="*i32", scale_ptr="*fp32")
-        c = {**dims, "PRECISION": "ieee" if p == "*fp32" else "tf32"}
+for i, b in enumerate(stp.kernel_plan.blocks):
+    # bf16 (training): every block's forward and split backward; the single-kernel backward variants and fp32 (TF32)
+    # for the blocks of 2lo+1 = 1 and 5 only (compiling is slow: fewer kernels than one per variant and block)
+    for p in ("*bf16", "*fp32") if i == 2 else ("*bf16",):
+        dims = fc._dims(hidden, stp.t_groups[b.group0:b.group1], b.mul, b.dim, b.ut)
+        common = dict(h_ptr=p, w_ptr=p, b_ptr=p, t_ptr=p, grp_ptr="*i32", scale_ptr="*fp32")
+        c = {**dims, "PRECISION": "ieee" if p == "*bf16" else "tf32"}
         fwd = dict(common, out_ptr="*fp32", E="i32", stride_he="i32", stride_oe="i32")
         triton.compile(ASTSource(fc._contract_fwd, {**fwd, **{k: "constexpr" for k in c}}, constexprs=c),
                        target=target, options=dict(num_warps=fc.NUM_WARPS))
         bwd = dict(common, g_ptr="*fp32", gt_ptr=p, gw_ptr=p, gh_ptr="*fp32", E="i32", e_first="i32", n_edges="i32",
                    stride_he="i32", stride_ge="i32", stride_gwe="i32")
-        for hidden_grad in (False, True):  # dL/dhidden by cuBLAS (default) or inside the kernel
-            cb = {**c, "ACCUMULATE": True, "HIDDEN_GRAD": hidden_grad}
-            triton.compile(ASTSource(fc._contract_bwd, {**bwd, **{k: "constexpr" for k in cb}}, constexprs=cb),
-                           target=target, options=dict(num_warps=fc.NUM_WARPS))
+        # split backward (default): dL/dT with w made again, dL/dw without a product
+        bwd_t = {k: v for k, v in bwd.items() if k not in ("t_ptr", "gw_ptr", "gh_ptr", "stride_gwe")}
+        triton.compile(ASTSource(fc._contract_bwd_t, {**bwd_t, **{k: "constexpr" for k in c}}, constexprs=c),
+                       target=target, options=dict(num_warps=fc.NUM_WARPS_BWD))
+        cw = {k: v for k, v in dims.items() if k not in ("H", "HP", "NUM_STAGES")}
+        bwd_w = dict(t_ptr=p, grp_ptr="*i32", scale_ptr="*fp32", g_ptr="*fp32", gw_ptr=p, E="i32", e_first="i32",
+                     n_edges="i32", stride_ge="i32", stride_gwe="i32")
+        triton.compile(ASTSource(fc._contract_bwd_w, {**bwd_w, **{k: "constexpr" for k in cw}}, constexprs=cw),
+                       target=target, options=dict(num_warps=fc.NUM_WARPS))
         n += 3
+        if i in (0, 2) and p == "*bf16":
+            for hidden_grad in (False, True):  # single kernel: dL/dhidden by cuBLAS or inside the kernel
+                cb = {**c, "ACCUMULATE": True, "HIDDEN_GRAD": hidden_grad}
+                triton.compile(ASTSource(fc._contract_bwd, {**bwd, **{k: "constexpr" for k in cb}}, constexprs=cb),
+                               target=target, options=dict(num_warps=fc.NUM_WARPS_BWD))
+                n += 1
 print("COMPILED", n)
 """
 
 
 def test_kernels_compile_for_sm90(tmp_path):
     """The kernels are valid for an H100 (ptxas), not only for the interpreter: every block of a released layer."""
-    compile_for_sm90(COMPILE, tmp_path, expected=36)  # 6 blocks, 2 dtypes, forward + 2 backward variants
+    compile_for_sm90(COMPILE, tmp_path, expected=25)  # 6 blocks x 3 kernels (bf16) + 3 (fp32) + 4 single-kernel

@@ -1,4 +1,4 @@
-"""The Triton projection (models/fused_projection.py) computes the tensor product's per-group projections
+"""The Triton projection (models/kernels/fused_projection.py) computes the tensor product's per-group projections
 (outer product of the group's inputs with y, times the stacked Wigner 3j symbols), forward and backward.
 
 Run in Triton's interpreter (CPU, numpy), in a subprocess because the interpreter is chosen when the kernels are
@@ -18,7 +18,7 @@ pytest.importorskip("triton")
 
 SCRIPT = r"""
 import torch
-from atomica_ray.models import fused_projection
+from atomica_ray.models.kernels import fused_projection
 from atomica_ray.models.equivariant import TensorProductConv
 from atomica_ray.models.interaction import irreps_sequence
 
@@ -90,7 +90,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import torch
-from atomica_ray.models import fused_projection as fp
+from atomica_ray.models.kernels import fused_projection as fp
 from atomica_ray.models.equivariant import TensorProductConv
 from atomica_ray.models.interaction import irreps_sequence
 

@@ -39,7 +39,7 @@ TINY = dict(atom_hidden_size=8, block_hidden_size=8, edge_size=8, k_neighbors=4,
 def files(tmp_path_factory):
     """12 demo items (~400 blocks: 10+ batches of a 40-block budget), 4 more for ATOMICAScore (one
     protein-peptide), an encoder with ATOMICA's numerics, and a run directory of a binary classifier with two
-    checkpoints (epoch 0 the better by val_bce)."""
+    checkpoints (epoch 0 the better by val_auprc, the binary task's selection metric)."""
     root = tmp_path_factory.mktemp("inference")
     write_demo_dataset(str(root / "data"), 12, seed=5)
     write_demo_dataset(str(root / "complexes"), 4, seed=1)  # item 2 is protein-peptide
@@ -47,13 +47,13 @@ def files(tmp_path_factory):
     encoder = PredictionModel(**TINY, unk_is_global=True, attention_mask=False, direction_eps=0.0)
     save_atomica(encoder, root / "encoder")
     run = root / "runs" / "clf"
-    for epoch, bce in ((0, 0.40), (1, 0.55)):
+    for epoch in (0, 1):
         ckpt = run / f"checkpoint_epoch{epoch:04d}_step{(epoch + 1) * 10:08d}"
         torch.manual_seed(epoch + 1)
         save_atomica(ClassifierModel(**TINY), ckpt / "model", epoch=epoch, step=(epoch + 1) * 10)
         (ckpt / "metrics_history.jsonl").write_text("".join(
-            json.dumps({"epoch": e, "global_step": (e + 1) * 10, "val_bce": b}) + "\n"
-            for e, b in ((0, 0.40), (1, 0.55))[:epoch + 1]))
+            json.dumps({"epoch": e, "global_step": (e + 1) * 10, "val_auprc": a}) + "\n"
+            for e, a in ((0, 0.80), (1, 0.65))[:epoch + 1]))
         (ckpt / "train_config.yaml").write_text(yaml.safe_dump({"task": "binary_classifier"}))
     return {"root": root, "data": str(root / "data"), "complexes": str(root / "complexes"),
             "encoder": str(root / "encoder"), "run": str(run)}
@@ -137,7 +137,7 @@ def test_embed_streams_resumes_and_matches_items_alone(ray_local, files, tmp_pat
 def test_predict_picks_a_run_directorys_best_or_latest_checkpoint(ray_local, files, tmp_path, capsys):
     run = Path(files["run"])
     best, why = checkpoints.pick_checkpoint(run, "best")
-    assert best.name.startswith("checkpoint_epoch0000") and "val_bce (min): 0.4" in why
+    assert best.name.startswith("checkpoint_epoch0000") and "val_auprc (max): 0.8" in why
     assert checkpoints.pick_checkpoint(run, "latest")[0].name.startswith("checkpoint_epoch0001")
 
     out = tmp_path / "pred.parquet"

@@ -1,5 +1,11 @@
-"""A real job submission: `ray start --head` on loopback with Ray's token authentication, then
+"""A real job submission: a head started with the local guide's own `ray start --head` command
+(cluster/local-debugging.md, with this test's ports and temp dir), Ray's token authentication, then
 `ray job submit --working-dir . -- atomica-ray train ...`, as a user would do it.
+
+The guide's claims are checked on the running head: every port its processes listen on is a loopback one, and the
+job agent answers on its own port (not Ray's fixed 52365, which another Ray on a shared machine may hold: then
+the agent serves no jobs and every submission fails with "No available agent to submit job"). Waits are
+conditions with generous deadlines: a loaded 2-core machine may take minutes to start a head.
 
 The token is handed to Ray the documented way (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH=<file>) for both
 `ray start` and `ray job submit`. The head is stopped by killing the processes of this test's own Ray session
@@ -8,20 +14,26 @@ The token is handed to Ray the documented way (RAY_AUTH_MODE=token, RAY_AUTH_TOK
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "cluster" / "local-debugging.md"
 pytestmark = pytest.mark.slow
 
 
@@ -70,16 +82,63 @@ def run(cmd: list[str], env: dict, timeout: float, cwd: Path | None = None) -> s
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def wait_for_job(address: str, job_id: str, env: dict, timeout: float) -> str:
-    """The job's final status line (lower case), or the last one seen when `timeout` passes."""
-    status, deadline = "", time.time() + timeout
-    while time.time() < deadline:
-        out = run(["ray", "job", "status", "--address", address, job_id], env, 60)
-        status = (out.stdout + out.stderr).lower()
-        if any(s in status for s in ("succeeded", "failed", "stopped")):
-            break
-        time.sleep(2)
-    return status
+def wait_for(condition, deadline_s: float, what: str, every_s: float = 1.0):
+    """Poll `condition()` until it returns something true; fail naming `what` after `deadline_s` seconds."""
+    deadline = time.time() + deadline_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.time() > deadline:
+            pytest.fail(f"{what}: not after {deadline_s:.0f} s")
+        time.sleep(every_s)
+
+
+def guide_head_commands() -> tuple[dict[str, str], list[str], list[str]]:
+    """The guide's first `ray start --head` block: the environment it exports (or puts before the command), the
+    argv of `ray start --head` and of the command after it (`ray status`)."""
+    text = GUIDE.read_text().replace("\\\n", " ")
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "ray start --head" in b)
+    lines = [shlex.split(line) for line in block.splitlines() if line.strip()]
+    start = next(i for i, words in enumerate(lines) if "ray" in words and words[words.index("ray"):][:3] == [
+        "ray", "start", "--head"])
+    env = {}
+    for words in lines[:start] + [lines[start][: lines[start].index("ray")]]:
+        assignments = words[1:] if words[:1] == ["export"] else words
+        env.update(w.split("=", 1) for w in assignments if re.match(r"\w+=", w))
+    head = lines[start][lines[start].index("ray"):]
+    return env, head, lines[start + 1]
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def listening(marker: str) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket of the session's processes."""
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+    import psutil
+
+    found = []
+    for pid in session_processes(marker):
+        try:
+            process = psutil.Process(pid)
+            found += [(process.name(), c.laddr.ip, c.laddr.port) for c in process.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:  # ended meanwhile
+            continue
+    return found
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=10):
+            return True
+    except urllib.error.HTTPError:  # it answered (e.g. 401 without the token)
+        return True
+    except OSError:
+        return False
 
 
 def test_job_submit_trains_and_checkpoints():
@@ -95,22 +154,37 @@ def test_job_submit_trains_and_checkpoints():
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
                RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
-    port, dashboard = free_port(), free_port()
+    port, dashboard, agent = free_port(), free_port(), free_port()
     # Ray Train's placement-group cleaner must query this cluster's state API, not the latest `ray start` on the
     # machine (see atomica_ray.train.launch.init_ray)
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
     data = write_demo_splits(str(work / "data"), n_train=12, n_valid=8, seed=3)
     storage = work / "runs"
+    guide_env, head, status = guide_head_commands()
+    assert status[:2] == ["ray", "status"], status
+    # the guide's command with this test's ports (the guide's agent port 0 means "a free one": here a known free
+    # one, to wait on), temp dir and CPUs
+    head = [a for a in head if not a.startswith(("--port", "--dashboard-port", "--dashboard-agent-listen-port"))]
+    head += [f"--port={port}", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
+             "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={ray_tmp}", "--disable-usage-stats"]
     try:
-        start = run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                     f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=2",
-                     "--include-dashboard=true", f"--temp-dir={ray_tmp}", "--disable-usage-stats"], env, 120)
+        start = run(head, {**env, **guide_env}, 300)
         assert start.returncode == 0, start.stdout + start.stderr
         address = f"http://127.0.0.1:{dashboard}"
 
+        # the job agent is up once its HTTP port answers; until then the head refuses submissions
+        wait_for(lambda: answers(f"http://127.0.0.1:{agent}/api/healthz"), 300, f"the job agent on port {agent}")
+        # the guide's next command works in the guide's shell
+        checked = run([*status, f"--address=127.0.0.1:{port}"], {**env, **guide_env}, 300)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        # the guide's claim: nothing of this cluster listens beyond loopback
+        sockets = listening(str(ray_tmp))
+        assert {p for _, _, p in sockets} >= {port, dashboard, agent}, sockets
+        assert [s for s in sockets if not is_loopback(s[1])] == [], "listening beyond loopback"
+
         # the head really demands the token: a client without it is refused
         no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-        refused = run(["ray", "job", "list", "--address", address], no_token, 60)
+        refused = run(["ray", "job", "list", "--address", address], no_token, 120)
         assert refused.returncode != 0 and "auth" in (refused.stdout + refused.stderr).lower()
 
         job_id = f"atomica-{secrets.token_hex(4)}"
@@ -119,24 +193,24 @@ def test_job_submit_trains_and_checkpoints():
                  "--storage-path", str(storage), "--name", "job-run", "--fragmentation_method", "PS_300",
                  "--atom_hidden_size", "8", "--block_hidden_size", "8", "--edge_size", "8", "--n_layers", "1",
                  "--k_neighbors", "4", "--max_n_vertex_per_gpu", "150", "--no-progress-bar"]
-        deadline = time.time() + 120
-        while True:  # right after `ray start` the head's job agent may not be up yet: Ray says to retry
-            submit = run(["ray", "job", "submit", "--address", address, "--working-dir", ".", "--submission-id",
-                          job_id, "--no-wait", "--", *train], env, 120, cwd=ROOT)
-            if submit.returncode == 0 or "No available agent" not in submit.stderr or time.time() > deadline:
-                break
-            time.sleep(3)
+
+        def submitted():  # the head may still be registering its agent: Ray says to try again
+            result = run(["ray", "job", "submit", "--address", address, "--working-dir", ".", "--submission-id",
+                          job_id, "--no-wait", "--", *train], env, 300, cwd=ROOT)
+            if result.returncode != 0 and "No available agent" in result.stderr:
+                return None
+            return result
+
+        submit = wait_for(submitted, 300, "the head accepting the job (No available agent to submit job)", 2)
         assert submit.returncode == 0, submit.stdout + submit.stderr
 
-        status = ""
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            out = run(["ray", "job", "status", "--address", address, job_id], env, 60)
+        def finished():
+            out = run(["ray", "job", "status", "--address", address, job_id], env, 120)
             status = (out.stdout + out.stderr).lower()  # "... Job 'id' succeeded" / "failed" / "stopped"
-            if any(s in status for s in ("succeeded", "failed", "stopped")):
-                break
-            time.sleep(2)
-        logs = run(["ray", "job", "logs", "--address", address, job_id], env, 60).stdout
+            return status if any(s in status for s in ("succeeded", "failed", "stopped")) else None
+
+        status = wait_for(finished, 600, f"job {job_id} finishing", 2)
+        logs = run(["ray", "job", "logs", "--address", address, job_id], env, 120).stdout
         assert "succeeded" in status, f"job status: {status}\n--- job logs ---\n{logs[-6000:]}"
 
         run_dir = storage / "job-run"
@@ -147,8 +221,8 @@ def test_job_submit_trains_and_checkpoints():
         assert (run_dir / "metrics_history.jsonl").is_file()
         assert "val_bce" in logs  # the driver printed the final metrics
 
-        # the run directory, handed to `atomica-ray predict` in a second job: its best checkpoint (by val_bce), on
-        # the Ray Data pipeline of the job's cluster (the job's driver joins it through RAY_ADDRESS)
+        # the run directory, handed to `atomica-ray predict` in a second job: its best checkpoint (by the task's
+        # selection metric), on the Ray Data pipeline of the job's cluster (the job's driver joins it: RAY_ADDRESS)
         predictions = work / "pred.parquet"
         predict_id = f"atomica-predict-{secrets.token_hex(4)}"
         predict = ["atomica-ray", "predict", "--checkpoint", str(run_dir), "--data_path", data["valid"],
@@ -156,8 +230,9 @@ def test_job_submit_trains_and_checkpoints():
         submit = run(["ray", "job", "submit", "--address", address, "--working-dir", ".", "--submission-id",
                       predict_id, "--no-wait", "--", *predict], env, 120, cwd=ROOT)
         assert submit.returncode == 0, submit.stdout + submit.stderr
-        status = wait_for_job(address, predict_id, env, 300)
-        logs = run(["ray", "job", "logs", "--address", address, predict_id], env, 60).stdout
+        job_id = predict_id  # what finished() asks about
+        status = wait_for(finished, 600, f"job {predict_id} finishing", 2)
+        logs = run(["ray", "job", "logs", "--address", address, predict_id], env, 120).stdout
         assert "succeeded" in status, f"job status: {status}\n--- job logs ---\n{logs[-6000:]}"
         assert "checkpoint_epoch0000" in logs and "predict: predicted 8 items" in logs
         assert pq.read_table(predictions).num_rows == 8

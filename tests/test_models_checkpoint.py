@@ -54,22 +54,25 @@ def test_atomica_checkpoint_round_trips_in_atomica_format(reference, tmp_path):
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
-def test_fixed_models_record_their_flags_and_reload_them(tmp_path):
+def test_fixed_models_record_their_flags_in_the_sidecar_and_reload_them(tmp_path):
     torch.manual_seed(0)
     model = create_model("multiclass_classifier", **TINY, num_classes=3)
     assert (model.unk_is_global, model.attention_mask, model.direction_eps) == tuple(FIXED_BEHAVIOUR.values())
     config_path, weights_path = save_atomica(model, tmp_path)
     config = json.loads(config_path.read_text())
-    assert {k: config[k] for k in FIXED_BEHAVIOUR} == FIXED_BEHAVIOUR
+    assert not set(FIXED_BEHAVIOUR) & set(config)  # config.json stays ATOMICA's
     assert config["model_type"] == "MultiClassClassifierModel" and config["num_classes"] == 3
+    sidecar = json.loads((tmp_path / "atomica_ray.json").read_text())
+    assert sidecar["behaviour"] == FIXED_BEHAVIOUR and "attention_mask=True" in sidecar["warning"]
     again = load_atomica(config_path, weights_path)
     assert (again.unk_is_global, again.attention_mask, again.direction_eps) == tuple(FIXED_BEHAVIOUR.values())
-    # a config without the flags is ATOMICA's, whatever the defaults of new models
-    for key in FIXED_BEHAVIOUR:
-        config.pop(key)
+    # a config without the flags and without our sidecar is ATOMICA's, whatever the defaults of new models
     atomica = load_atomica(config, weights_path)
     assert (atomica.unk_is_global, atomica.attention_mask, atomica.direction_eps) == tuple(
         ATOMICA_BEHAVIOUR.values())
+    # configs written by atomica-ray before the sidecar carry the flags themselves
+    older = load_atomica({**config, **FIXED_BEHAVIOUR}, weights_path)
+    assert (older.unk_is_global, older.attention_mask, older.direction_eps) == tuple(FIXED_BEHAVIOUR.values())
 
 
 def test_save_keeps_existing_files(tmp_path):

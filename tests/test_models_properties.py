@@ -349,7 +349,7 @@ def test_stacked_tensor_product_equals_e3nn():
 
 def test_chunked_tensor_product_gradients_equal_e3nn(monkeypatch):
     """Per-edge weights made in chunks of edges and made again in backward: e3nn's values and gradients."""
-    from atomica_ray.models import tensor_product
+    from atomica_ray.models.kernels import tensor_product
     from atomica_ray.models.equivariant import TensorProductConv
     monkeypatch.setattr(tensor_product, "WEIGHT_CHUNK_ELEMENTS", 3000)  # ~10 chunks of 37 edges
     gen = torch.Generator().manual_seed(1)

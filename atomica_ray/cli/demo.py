@@ -57,7 +57,7 @@ def demo_config(data: dict, args):
 
 def constant_predictor(task: str, train: np.ndarray, valid: np.ndarray) -> dict:
     """Validation metrics of always predicting the training set's mean (positive rate)."""
-    from atomica_ray.train import metrics as M
+    from atomica_ray.tasks import metrics as M
 
     if task == "binary_classifier":
         return {"val_bce": M.bce(np.full(len(valid), train.mean()), valid), "val_auroc": 0.5}

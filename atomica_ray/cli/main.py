@@ -15,7 +15,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("atomica_ray.cli.demo", "make the built-in demo data and train on it with a local Ray"),
     "demo-data": ("atomica_ray.cli.demo_data", "write the built-in demo dataset (Parquet)"),
-    "convert": ("atomica_ray.cli.convert", "convert ATOMICA .pkl / .jsonl.gz files to a Parquet dataset"),
+    "convert": ("atomica_ray.cli.convert", "convert ATOMICA .pkl / .jsonl.gz / .parquet files to a Parquet dataset"),
+    "process": ("atomica_ray.cli.process", "PDB / mmCIF structure files -> a Parquet dataset of ATOMICA items"),
+    "export": ("atomica_ray.cli.export", "write a dataset as ATOMICA's .jsonl.gz, .parquet or .pkl items"),
     "inspect": ("atomica_ray.cli.inspect", "print item count, size statistics and labels of a dataset"),
     "train": ("atomica_ray.cli.train", "train one task with Ray Train"),
     "embed": ("atomica_ray.cli.embed", "write graph / block / atom embeddings to Parquet"),
@@ -23,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("atomica_ray.cli.score", "ATOMICAScore: rank each residue's importance for its partner"),
     "tune": ("atomica_ray.cli.tune", "run a Ray Tune sweep"),
     "report": ("atomica_ray.cli.report", "plot a finished sweep (PNG + HTML)"),
+    "spot-watch": ("atomica_ray.cli.spot_watch", "drain this Ray node when the cloud announces a spot reclaim"),
+    "probe": ("atomica_ray.cli.probe", "probe frozen embeddings over seeds and settings (Tune), with intervals"),
 }
 
 

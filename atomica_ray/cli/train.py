@@ -19,7 +19,7 @@ import typing
 from atomica_ray.train.config import TrainConfig, load_yaml
 
 # config keys the command line does not expose as flags (reachable with --set)
-HIDDEN = {"crash_at_step", "nonfinite_steps"}
+HIDDEN = {"crash_at_step", "nonfinite_steps", "hold_at_steps"}
 # flag spellings that differ from "--key" / "--key-with-hyphens"
 SPELLINGS = {
     "num_workers": ["--num-workers"],  # Ray workers; ATOMICA's --num_workers means loader processes
@@ -70,8 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             keys.add_argument(*_flag_names(key), dest=key, action=argparse.BooleanOptionalAction,
                               default=argparse.SUPPRESS, help=help_)
         else:
+            metavar = "N|MIN:MAX" if key == "num_workers" else base.__name__.upper()  # MIN:MAX: elastic
+            many = typing.get_origin(base) is list  # ATOMICA's nargs flags (--focal_alpha 0.25 0.75)
             keys.add_argument(*_flag_names(key), dest=key, type=str, default=argparse.SUPPRESS,
-                              metavar=base.__name__.upper(), help=help_)
+                              nargs="+" if many else None, metavar=metavar, help=help_)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
@@ -107,9 +109,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         launch.check_inputs(cfg)
+        launch.resolve_storage_path(args.storage_path)
+        note = checkpoint_numerics_note(cfg)
     except (ValueError, FileNotFoundError) as error:
         print(f"atomica-ray train: {error}", file=sys.stderr)
         return 2
+    if note:
+        print(f"atomica-ray train: note: {note}")
     import ray.train
 
     try:
@@ -122,10 +128,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(result, cfg: TrainConfig) -> None:
-    from atomica_ray.tasks import get_task
+def checkpoint_numerics_note(cfg: TrainConfig) -> str | None:
+    """The warning this run's checkpoints will carry, or ValueError under atomica_strict."""
+    from atomica_ray.train.numerics import atomica_numerics_warning
 
-    task = get_task(cfg.task)
+    warning = atomica_numerics_warning(cfg)
+    if warning and cfg.atomica_strict:
+        raise ValueError("--atomica-strict: this run would write checkpoints that ATOMICA's code does not run "
+                         "identically. " + warning)
+    return warning
+
+
+def print_summary(result, cfg: TrainConfig) -> None:
+    from atomica_ray.tasks import task_for
+
+    task = task_for(cfg)
     print(f"run directory: {result.path}")
     if result.checkpoint is not None:
         print(f"latest checkpoint: {result.checkpoint.path}")

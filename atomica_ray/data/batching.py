@@ -1,7 +1,10 @@
-"""Epoch plans: which items, in which batches, on which rank.
+"""Epoch plans: which items, in which batches, in which optimizer step, on which rank.
 
-A plan is a pure function of (size index, kind, budget, seed, epoch, world_size, shuffle, balance): no item is
-decoded, so planning a 100k-item epoch takes milliseconds, and a resumed run re-plans the same batches.
+An epoch's batches are a pure function of (size index, kind, budget, seed, epoch, shuffle, balance), the same
+whatever the number of ranks: no item is decoded, so planning a 100k-item epoch takes milliseconds, and a resumed
+or resized run re-plans the same batches. Ranks only enter when the batches are dealt (step 4), so a run that
+changes size mid-epoch (elastic workers) goes on from a position in that one sequence and still sees every item of
+the epoch once.
 
 1. Eligible items: the kind's filters, from the size index (torsion kinds need a segment with rotatable bonds
    and > 2 atoms; masked kinds need maskable blocks in both segments, as ATOMICA's pretraining datasets do).
@@ -14,11 +17,11 @@ decoded, so planning a 100k-item epoch takes milliseconds, and a resumed run re-
    `DynamicBatchWrapper`). An item's size is its block count after cropping: items above
    `max_n_vertex_per_item` are cropped to it, and items above the budget itself are cropped to the budget
    (never dropped).
-4. Sharding: whole batches go to ranks, so every item of the epoch is seen exactly once (without balance).
-   If the batch count is not divisible by world_size, the largest multi-item batches are split in two until it
-   is. Batches are then dealt largest-first to the rank with the fewest blocks among those still short of
-   their share (equal counts, near-equal block totals), and each rank keeps them in epoch order.
-   Only when there are too few items to split (fewer items than ranks) are batches repeated to fill ranks.
+4. Steps and ranks: from a position `start` in the batch sequence, every `per_step` consecutive batches make one
+   optimizer step (the global batch; the epoch's last step may be shorter). A step's batches are dealt to the
+   ranks, counts differing by at most one, largest first to the rank with the fewest blocks among those with room,
+   and each rank keeps them in epoch order. A rank may get no batch in a short last step (the engine then adds a
+   zero gradient), so every item of the epoch is seen exactly once (without balance) whatever the world size.
 """
 
 from __future__ import annotations
@@ -33,15 +36,40 @@ MASKED_KINDS = frozenset({"pretrain_masked_torsion", "pretrain_masked"})
 
 
 @dataclasses.dataclass(frozen=True)
+class Step:
+    """One optimizer step of an epoch: `size` batches over all ranks, `ranks[r]` the indices (into the epoch's
+    batch list) that rank r trains on."""
+
+    size: int
+    ranks: list[list[int]]
+
+
+@dataclasses.dataclass(frozen=True)
 class EpochPlan:
-    batches: list[list[np.ndarray]]  # [rank][batch] -> global item indices
+    batches: list[np.ndarray]  # [batch] -> global item indices, in epoch order (independent of the world size)
     sizes: np.ndarray  # [n_items] planned block count of every dataset item (after cropping)
     crop_to: np.ndarray  # [n_items] block cap applied when the item is loaded (0 = no crop)
     n_eligible: int  # items that pass the kind's filters
-    repeated: int  # batches repeated to fill ranks (0 unless there are fewer items than ranks)
 
-    def rank_batches(self, rank: int) -> list[np.ndarray]:
-        return self.batches[rank]
+    def steps(self, world_size: int, per_step: int, start: int = 0) -> list[Step]:
+        """The optimizer steps from batch position `start` to the end of the epoch, dealt to `world_size` ranks."""
+        if per_step < 1 or world_size < 1:
+            raise ValueError(f"per_step ({per_step}) and world_size ({world_size}) must be >= 1")
+        if not 0 <= start <= len(self.batches):
+            raise ValueError(f"start {start} outside 0..{len(self.batches)}")
+        totals = np.array([self.sizes[b].sum() for b in self.batches], dtype=np.int64)
+        out = []
+        for first in range(start, len(self.batches), per_step):
+            positions = np.arange(first, min(first + per_step, len(self.batches)))
+            dealt = deal(totals[positions], world_size)
+            out.append(Step(size=len(positions), ranks=[positions[d].tolist() for d in dealt]))
+        return out
+
+    def rank_batches(self, rank: int, world_size: int, per_step: int | None = None,
+                     start: int = 0) -> list[np.ndarray]:
+        """Global item indices of rank `rank`'s batches from `start` on (per_step: default one batch per rank)."""
+        steps = self.steps(world_size, per_step or world_size, start)
+        return [self.batches[j] for step in steps for j in step.ranks[rank]]
 
 
 def eligible_items(index: dict[str, np.ndarray], kind: str) -> np.ndarray:
@@ -109,52 +137,28 @@ def pack(order: np.ndarray, sizes: np.ndarray, budget: int) -> list[np.ndarray]:
     return batches
 
 
-def _split(batch: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two halves of a batch with near-equal block counts."""
-    c = np.cumsum(sizes[batch])
-    cut = int(np.clip(np.searchsorted(c, c[-1] / 2), 1, len(batch) - 1))
-    return batch[:cut], batch[cut:]
-
-
-def shard(batches: list[np.ndarray], sizes: np.ndarray, world_size: int) -> tuple[list[list[np.ndarray]], int]:
-    """Deal batches to `world_size` ranks: equal batch counts, near-equal block totals (module docstring)."""
-    batches = list(batches)
-    # 1. split the largest splittable batches until the count divides evenly
-    while len(batches) % world_size:
-        totals = [int(sizes[b].sum()) if len(b) > 1 else -1 for b in batches]
-        j = int(np.argmax(totals))
-        if totals[j] < 0:
-            break
-        a, b = _split(batches[j], sizes)
-        batches[j:j + 1] = [a, b]  # keeps epoch order
-    # 2. too few items to split: repeat batches (deterministically) to fill the last ranks
-    repeated = 0
-    if len(batches) % world_size:
-        repeated = world_size - len(batches) % world_size
-        batches += [batches[i % len(batches)] for i in range(repeated)]
-    per_rank = len(batches) // world_size
-    totals = np.array([sizes[b].sum() for b in batches], dtype=np.int64)
-    # 3. largest first to the lightest rank that still has room (stable sort: ties go in epoch order)
+def deal(totals: np.ndarray, world_size: int) -> list[np.ndarray]:
+    """Positions 0..n-1 of one step's batches (block totals `totals`) to ranks: rank r gets n // world_size
+    batches, one more for the first n % world_size ranks; largest batch first, to the rank with the fewest blocks
+    that still has room (stable: ties go in epoch order). Returns each rank's positions, ascending."""
+    n = len(totals)
+    room = np.array([n // world_size + (r < n % world_size) for r in range(world_size)], dtype=np.int64)
     load = np.zeros(world_size, dtype=np.int64)
-    count = np.zeros(world_size, dtype=np.int64)
-    owner = np.empty(len(batches), dtype=np.int64)
-    for j in np.argsort(-totals, kind="stable"):
-        room = np.nonzero(count < per_rank)[0]
-        r = int(room[np.argmin(load[room])])
-        owner[j] = r
-        load[r] += totals[j]
-        count[r] += 1
-    return [[batches[j] for j in np.nonzero(owner == r)[0]] for r in range(world_size)], repeated
+    owner = np.empty(n, dtype=np.int64)
+    for j in np.argsort(-np.asarray(totals), kind="stable"):
+        open_ranks = np.nonzero(room > 0)[0]
+        r = int(open_ranks[np.argmin(load[open_ranks])])
+        owner[j], load[r], room[r] = r, load[r] + totals[j], room[r] - 1
+    return [np.nonzero(owner == r)[0] for r in range(world_size)]
 
 
 def plan_epoch(index: dict[str, np.ndarray], kind: str, budget: int, max_per_item: int | None, seed: int,
-               epoch: int, world_size: int, shuffle: bool = True, balance: str | None = None,
+               epoch: int, shuffle: bool = True, balance: str | None = None,
                groups: np.ndarray | None = None) -> EpochPlan:
-    """Every rank's batches for one epoch (see the module docstring)."""
+    """The batches of one epoch, in order (see the module docstring); `EpochPlan.steps` deals them to ranks."""
     items = eligible_items(index, kind)
     if len(items) == 0:
         raise ValueError(f"no item of the dataset can be used for kind {kind!r}")
     sizes, crop_to = item_caps(index, kind, budget, max_per_item)
     order = epoch_order(items, seed, epoch, shuffle, balance, None if groups is None else groups[items])
-    batches, repeated = shard(pack(order, sizes, budget), sizes, world_size)
-    return EpochPlan(batches=batches, sizes=sizes, crop_to=crop_to, n_eligible=len(items), repeated=repeated)
+    return EpochPlan(batches=pack(order, sizes, budget), sizes=sizes, crop_to=crop_to, n_eligible=len(items))

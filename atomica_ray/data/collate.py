@@ -61,6 +61,22 @@ def collate_labelled(items: list[dict], label_dtype=np.float32) -> dict:
     return {**_base(items), "label": _stack([it["label"] for it in items], label_dtype), "lengths": _lengths(items)}
 
 
+def collate_residue(items: list[dict]) -> dict:
+    """LabelledPDBDataset with per-block labels (residue_binary_classifier): `label` [n_non_global_blocks] float,
+    the items' block labels concatenated in batch order (what the model's logits over B != GLB line up with);
+    `item_index` [bs] the dataset index of each item (per-structure metrics group blocks by it)."""
+    out = {**_base(items), "label": _cat(items, "block_labels", np.float32), "lengths": _lengths(items)}
+    if all("item_index" in it for it in items):
+        out["item_index"] = _stack([it["item_index"] for it in items], np.int64)
+    return out
+
+
+def collate_multilabel(items: list[dict]) -> dict:
+    """MultiClassLabelledPDBDataset with label vectors (multilabel_classifier): `label` [bs, num_classes] float."""
+    return {**_base(items), "label": torch.from_numpy(np.stack([np.asarray(it["label_vector"], np.float32)
+                                                                for it in items])), "lengths": _lengths(items)}
+
+
 def collate_affinity(items: list[dict]) -> dict:
     """PDBBindBenchmark: no atom_positions; optional block embeddings; label = affinity."""
     out = _base(items, ("X", "B", "A", "block_lengths", "segment_ids"))
@@ -166,6 +182,8 @@ COLLATE = {
     "plain": collate_plain,
     "labelled": collate_labelled,
     "multiclass": lambda items: collate_labelled(items, np.int64),
+    "residue": collate_residue,
+    "multilabel": collate_multilabel,
     "affinity": collate_affinity,
     "prot_interface": collate_prot_interface,
     "pretrain_torsion": collate_pretrain_torsion,

@@ -7,6 +7,8 @@ atoms) and torsion masks are made consistent with the kept atoms: side-chain mas
 subset; whole-segment masks (type 1) are recomputed from the kept atoms (cutting a molecule changes which bonds
 are rotatable), as ATOMICA recomputes them.
 
+Per-block labels (`block_labels`, one per non-global block) are subset with the blocks they label.
+
 `max_blocks` counts every block of the result, global blocks included, so `crop_item(d, n)` fits a per-item cap n
 (ATOMICA: `CropTransform(max_n_vertex_per_item - 2)` keeps n - 2 non-global blocks of a two-segment item).
 Differences: kept blocks stay in their original order (ATOMICA orders them by distance to the centre, which no model
@@ -124,11 +126,20 @@ def crop_item(data: dict, max_blocks: int, rng: np.random.Generator, return_indi
             row_in_segment = np.cumsum(seg == s) - 1  # [Nblock] row of each old block of segment s
             picked = order[new_seg == s]
             out[key] = emb[np.where(picked >= 0, row_in_segment[np.maximum(picked, 0)], 0)]
+    if data.get("block_labels") is not None:  # one per non-global block: follow the kept blocks
+        out["block_labels"] = subset_block_labels(data["block_labels"], B, order[~is_glob])
     if data.get("block_to_pdb_indexes"):
         old_to_new = {int(o): n for n, o in enumerate(order) if o >= 0}
         out["block_to_pdb_indexes"] = {old_to_new[int(k)]: v for k, v in data["block_to_pdb_indexes"].items()
                                        if int(k) in old_to_new}
     return (out, order) if return_indices else out
+
+
+def subset_block_labels(labels: np.ndarray, B: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The labels of the kept non-global blocks. `labels` has one entry per non-global block of the original item
+    (`B` its block types), `kept` the original indices of the non-global blocks kept, in their new order."""
+    rank = np.cumsum(np.asarray(B) != GLB) - 1  # [Nblock] position of each non-global block among them
+    return np.asarray(labels)[rank[kept]]
 
 
 def _crop_torsion_masks(masks: list, segments, seg_blocks, keep, B, new_data) -> list:

@@ -1,4 +1,4 @@
-"""Readers and validation for ATOMICA's processed item files (`.pkl`, `.jsonl.gz`).
+"""Readers and validation for ATOMICA's processed item files (`.pkl`, `.jsonl.gz`, current ATOMICA's `.parquet`).
 
 An ATOMICA item is a dict: `id`, `data` (X, B, A, atom_positions, block_lengths, segment_ids, torsion_mask,
 optional block_embeddings / block_embeddings0 / block_embeddings1), optional `label`, `affinity`
@@ -18,11 +18,18 @@ optional block_embeddings / block_embeddings0 / block_embeddings1), optional `la
                                       "mask_rotate": None | bool [n, n_segment_atoms - 1]}
                           or None when the source has no torsion masks
     block_embeddings*     float32 [rows, dim] or absent
-    label                 float | int | None
+    label                 float | int | None   (a scalar label)
+    block_labels          int8 [n_non_global_blocks] | None   one 0/1 per non-global block, in block order
+                          (residue_binary_classifier: ATOMICA's list-valued `label` of a residue item)
+    label_vector          float32 [num_classes] | None   (multilabel_classifier: ATOMICA's float-vector `label`)
     affinity              float | None (affinity['neglog_aff'])
     modality              int | None (names from MODALITIES are mapped to their index)
     dist_th               float | None
     block_to_pdb_indexes  dict[int, str] | None
+
+A list-valued ATOMICA `label` is one of the two list kinds: `list_labels="block"` or `"vector"` says which; "auto"
+(the default) takes a list of 0/1 values as long as the item's non-global blocks as block labels, anything else as
+a label vector.
 
 Every error is a `DataError` naming the file, the item (index and id) and the field.
 Pickles run code when loaded, so `.pkl` files are read only with `allow_pickle=True`.
@@ -31,6 +38,7 @@ Pickles run code when loaded, so `.pkl` files are read only with `allow_pickle=T
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import numbers
 import os
@@ -70,7 +78,9 @@ def source_format(path: str) -> str:
         return "pickle"
     if name.endswith(".jsonl.gz") or name.endswith(".jsonl"):
         return "jsonl"
-    raise DataError(f"{path}: unknown file type; expected an ATOMICA .pkl or .jsonl.gz file "
+    if name.endswith(".parquet"):
+        return "parquet"
+    raise DataError(f"{path}: unknown file type; expected an ATOMICA .pkl, .jsonl.gz or .parquet file "
                     "(or a Parquet dataset directory)")
 
 
@@ -78,8 +88,11 @@ def iter_raw_items(path: str, allow_pickle: bool = False) -> Iterator[dict]:
     """Yield the raw item dicts of an ATOMICA `.pkl` (a list of dicts) or `.jsonl(.gz)` (one dict a line)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
-    if source_format(path) == "pickle":
+    kind = source_format(path)
+    if kind == "pickle":
         yield from _read_pickle(path, allow_pickle)
+    elif kind == "parquet":
+        yield from _read_atomica_parquet(path)
     else:
         yield from _read_jsonl(path)
 
@@ -123,6 +136,84 @@ def _read_jsonl(path: str) -> Iterator[dict]:
         raise DataError(f"{path}: truncated or corrupted file after line {line_no} ({type(e).__name__}: {e})") from e
 
 
+# Current ATOMICA's Parquet (`process_pdbs` output, read by its `open_data_file`): one row per item, the `data`
+# arrays as list columns (X as a list of [x, y, z]), `block_to_pdb_indexes` as JSON text with string keys, an
+# optional `label`; any other column is an item key. Missing labels are NaN (pandas) or null.
+ATOMICA_PARQUET_DATA = ("X", "B", "A", "atom_positions", "block_lengths", "segment_ids")
+
+
+def _read_atomica_parquet(path: str) -> Iterator[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())})") from e
+    meta = pf.schema_arrow.metadata or {}
+    if b"atomica_ray.format" in meta:
+        raise DataError(f"{path}: this file belongs to an atomica-ray dataset; pass its directory "
+                        f"({os.path.dirname(os.path.abspath(path))}) instead")
+    names = pf.schema_arrow.names
+    missing = [c for c in ("id", "X", "B", "A", "block_lengths", "segment_ids") if c not in names]
+    if missing:
+        raise DataError(f"{path}: not an ATOMICA Parquet file: missing column(s) {', '.join(missing)} "
+                        f"(has {', '.join(names)})")
+    index = 0
+    try:
+        for batch in pf.iter_batches(batch_size=256):
+            columns = {name: batch.column(name) for name in batch.schema.names}
+            arrays = {k: _list_rows(columns[k], path, index, k) for k in ATOMICA_PARQUET_DATA if k in columns}
+            others = {k: v.to_pylist() for k, v in columns.items() if k not in ATOMICA_PARQUET_DATA}
+            for row in range(batch.num_rows):
+                item = {k: vals[row] for k, vals in others.items()}
+                item["data"] = {k: vals[row] for k, vals in arrays.items()}
+                item_id = item.get("id")
+                b2p = item.get("block_to_pdb_indexes")
+                if isinstance(b2p, str):
+                    try:
+                        item["block_to_pdb_indexes"] = json.loads(b2p)
+                    except json.JSONDecodeError as e:
+                        loc = where(path, index, item_id, "block_to_pdb_indexes")
+                        raise DataError(f"{loc}: not valid JSON ({e})") from e
+                label = item.get("label")
+                if isinstance(label, float) and math.isnan(label):
+                    item["label"] = None  # pandas writes a missing label as NaN
+                yield item
+                index += 1
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: cannot read rows after item {index} ({' '.join(str(e).split())})") from e
+
+
+def _list_rows(column, path: str, first: int, name: str) -> list:
+    """Per-row numpy arrays of a list column (X, flat or as [[x, y, z], ...], -> [n, 3]); None for null rows."""
+    import pyarrow as pa
+
+    def is_list(t) -> bool:
+        return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+    if not is_list(column.type):
+        raise DataError(f"{where(path, first, None, name)}: expected a list column, got {column.type}")
+    offsets = column.offsets.to_numpy()  # [rows + 1] into column.values
+    values = column.values
+    if is_list(values.type):  # X as [[x, y, z], ...]
+        inner = values.offsets.to_numpy()  # [atoms + 1] into values.values
+        bad = np.nonzero(np.diff(inner) != 3)[0]
+        if len(bad):
+            row = int(np.searchsorted(offsets, bad[0], side="right") - 1)
+            raise DataError(f"{where(path, first + row, None, name)}: expected [x, y, z] for every atom")
+        child = values.values.to_numpy(zero_copy_only=False)
+        offsets, flat = inner[offsets], child  # row r: flat[offsets[r]:offsets[r + 1]]
+    else:
+        flat = values.to_numpy(zero_copy_only=False)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    rows = []
+    for r in range(len(column)):
+        seg = flat[offsets[r]:offsets[r + 1]] if valid[r] else None
+        rows.append(seg.reshape(-1, 3) if seg is not None and name == "X" else seg)
+    return rows
+
+
 # --- validation ---------------------------------------------------------------------------------
 
 def _array(value, dtype, loc: str, ndim: int) -> np.ndarray:
@@ -163,7 +254,38 @@ def _scalar(value, loc: str) -> float | int | None:
     raise DataError(f"{loc}: expected a number, got {type(value).__name__}")
 
 
-def validate_item(item: object, source: str, index: int, num_block_types: int | None = None) -> dict:
+LIST_LABEL_KINDS = ("auto", "block", "vector")
+
+
+def _list_label(value, n_non_global: int, how: str, loc: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(block_labels, label_vector) of a list-valued label; see the module docstring."""
+    if how not in LIST_LABEL_KINDS:
+        raise ValueError(f"list_labels must be one of {LIST_LABEL_KINDS}, got {how!r}")
+    arr = _array(value, np.float64, loc, 1)
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"{loc}: non-finite value at position {int(np.argmax(~np.isfinite(arr)))}")
+    binary = bool(np.all((arr == 0) | (arr == 1)))
+    if how == "auto":
+        how = "block" if binary and len(arr) == n_non_global else "vector"
+    if how == "vector":
+        if len(arr) == 0:
+            raise DataError(f"{loc}: an empty label vector")
+        return None, arr.astype(np.float32)
+    if len(arr) != n_non_global:
+        raise DataError(f"{loc}: {len(arr)} block labels for {n_non_global} non-global blocks (one 0/1 per "
+                        "non-global block, in block order)")
+    if not binary:
+        bad = int(np.argmax((arr != 0) & (arr != 1)))
+        raise DataError(f"{loc}: block label {arr[bad]} at position {bad} is not 0 or 1")
+    return arr.astype(np.int8), None
+
+
+def is_list_label(value) -> bool:
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.size != 1)
+
+
+def validate_item(item: object, source: str, index: int, num_block_types: int | None = None,
+                  list_labels: str = "auto") -> dict:
     """Check one raw ATOMICA item and return its record (see the module docstring)."""
     if num_block_types is None:
         num_block_types = len(get_vocab("PS_300"))
@@ -243,7 +365,13 @@ def validate_item(item: object, source: str, index: int, num_block_types: int | 
     if "block_embeddings" in record and len(record["block_embeddings"]) != n_blocks:
         raise DataError(f"{loc('block_embeddings')}: {len(record['block_embeddings'])} rows for {n_blocks} blocks")
 
-    record["label"] = _scalar(item.get("label"), loc("label"))
+    record["block_labels"] = record["label_vector"] = None
+    if is_list_label(item.get("label")):
+        record["label"] = None
+        record["block_labels"], record["label_vector"] = _list_label(
+            item["label"], int(np.sum(B != GLB)), list_labels, loc("label"))
+    else:
+        record["label"] = _scalar(item.get("label"), loc("label"))
     affinity = item.get("affinity")
     if isinstance(affinity, dict):
         affinity = affinity.get("neglog_aff")
@@ -353,7 +481,8 @@ def _mask(m, n_rows: int, n_atoms: int, loc: str) -> np.ndarray:
     return arr
 
 
-def read_records(path: str, allow_pickle: bool = False, num_block_types: int | None = None) -> Iterator[dict]:
+def read_records(path: str, allow_pickle: bool = False, num_block_types: int | None = None,
+                 list_labels: str = "auto") -> Iterator[dict]:
     """Validated records of one ATOMICA file, in order."""
     for i, raw in enumerate(iter_raw_items(path, allow_pickle)):
-        yield validate_item(raw, path, i, num_block_types)
+        yield validate_item(raw, path, i, num_block_types, list_labels)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 
 import numpy as np
 import torch
 
-from atomica_ray.data.batching import EpochPlan, plan_epoch
+from atomica_ray.data.batching import EpochPlan, Step, plan_epoch
 from atomica_ray.data.collate import collate
 from atomica_ray.data.items import DataError, source_format
 from atomica_ray.data.parquet import META_FILE, ParquetItems, convert
@@ -20,6 +21,8 @@ KINDS = {
     "affinity": "PDBBindBenchmark",
     "labelled": "LabelledPDBDataset",
     "multiclass": "MultiClassLabelledPDBDataset",
+    "residue": "LabelledPDBDataset (one 0/1 label per non-global block)",
+    "multilabel": "MultiClassLabelledPDBDataset (a label vector per item)",
     "plain": "PDBDataset",
     "prot_interface": "ProtInterfaceDataset",
     "pretrain_torsion": "PretrainTorsionDataset",
@@ -33,6 +36,8 @@ FIELDS_USED = {
     "affinity": ("block_embeddings",),
     "labelled": (),
     "multiclass": (),
+    "residue": (),
+    "multilabel": (),
     "plain": (),
     "prot_interface": (),
     "pretrain_torsion": ("torsion_mask", "block_embeddings"),
@@ -61,6 +66,11 @@ class DataSpec:
     max_rotation: float = 0.5
     torsion_noise: float | None = 0.5
     mask_proportion: float | None = 0.1
+    num_classes: int | None = None  # multilabel: the width every label vector must have
+    # random block sampling of labelled kinds (ATOMICA's --random_block_sampling; training sets only)
+    random_block_sampling: bool = False
+    block_sampling_p_keep: float = 1.0
+    block_sampling_p_none: float = 0.0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -97,7 +107,8 @@ def user_cache_dir() -> str:
 _OPEN: dict[tuple, ParquetItems] = {}
 
 
-def open_dataset(path: str, allow_pickle: bool = False, fragmentation_method: str | None = "PS_300") -> ParquetItems:
+def open_dataset(path: str, allow_pickle: bool = False, fragmentation_method: str | None = "PS_300",
+                 list_labels: str = "auto") -> ParquetItems:
     """A Parquet dataset directory as is; an ATOMICA .pkl / .jsonl.gz file is converted once into the user cache
     (keyed by its path, size and modification time) and the cached copy reused afterwards."""
     path = os.path.abspath(os.fspath(path))
@@ -109,12 +120,15 @@ def open_dataset(path: str, allow_pickle: bool = False, fragmentation_method: st
             raise DataError(f"{path}: refusing to unpickle. Loading a pickle can run arbitrary code; if you trust "
                             "this file, pass --allow-pickle (CLI) or allow_pickle=True (API).")
         st = os.stat(path)
-        key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{fragmentation_method}".encode()).hexdigest()[:20]
+        how = "" if list_labels == "auto" else f"|{list_labels}"  # how list labels are read (items.py)
+        text = f"{path}|{st.st_size}|{st.st_mtime_ns}|{fragmentation_method}{how}"
+        key = hashlib.sha256(text.encode()).hexdigest()[:20]
         name = os.path.basename(path).split(".")[0]
         target = os.path.join(user_cache_dir(), "datasets", f"{name}-{key}")
         if not os.path.isfile(os.path.join(target, META_FILE)):
             try:
-                convert([path], target, allow_pickle=allow_pickle, fragmentation_method=fragmentation_method)
+                convert([path], target, allow_pickle=allow_pickle, fragmentation_method=fragmentation_method,
+                        list_labels=list_labels)
             except FileExistsError:
                 pass  # another process converted it first
     else:
@@ -129,6 +143,29 @@ def open_dataset(path: str, allow_pickle: bool = False, fragmentation_method: st
         raise DataError(f"{target}: has block type {ds.meta['max_block_type']}, but fragmentation_method "
                         f"{fragmentation_method!r} has only {n_types} block types")
     return ds
+
+
+LIST_LABELS_OF_KIND = {"residue": "block", "multilabel": "vector"}  # how an ATOMICA file's list labels are read
+LIST_LABEL_KINDS = {"residue": ("n_block_labels", "block labels (one 0/1 per non-global block)"),
+                    "multilabel": ("n_label_vector", "a label vector")}
+
+
+def check_list_labels(ds: ParquetItems, kind: str, num_classes: int | None = None) -> None:
+    """Residue and multilabel kinds: every item has its list label (the length of block labels was checked when
+    the item was validated); a label vector has `num_classes` values. Reads the size index only."""
+    if kind not in LIST_LABEL_KINDS:
+        return
+    column, what = LIST_LABEL_KINDS[kind]
+    counts = ds.index[column]
+    missing = np.nonzero(counts < 0)[0]
+    if len(missing):
+        i = int(missing[0])
+        raise DataError(f"{ds.path}, item {i} (id {ds[i]['id']!r}), field label: missing; kind {kind!r} needs "
+                        f"{what} on every item ({len(missing)} of {len(ds)} items lack it)")
+    if kind == "multilabel" and num_classes is not None and np.any(counts != num_classes):
+        i = int(np.nonzero(counts != num_classes)[0][0])
+        raise DataError(f"{ds.path}, item {i} (id {ds[i]['id']!r}), field label: a label vector of {int(counts[i])} "
+                        f"values, but num_classifier_classes is {num_classes}")
 
 
 def item_labels(ds: ParquetItems, kind: str) -> np.ndarray | None:
@@ -177,6 +214,14 @@ class EpochBatches(torch.utils.data.Dataset):
         self.items, self.batches, self.crop_to, self.labels = items, batches, crop_to, labels
         self.kind, self.seed, self.epoch, self.transform = spec.kind, seed, epoch, transform
         self.fields = FIELDS_USED[spec.kind]
+        self.sampling = None
+        if spec.random_block_sampling:
+            from atomica_ray.data.transforms import SAMPLED_KINDS, BlockSampling
+
+            if spec.kind not in SAMPLED_KINDS:
+                raise ValueError(f"DataSpec.random_block_sampling: kind {spec.kind!r} is not a labelled kind "
+                                 f"({sorted(SAMPLED_KINDS)})")
+            self.sampling = BlockSampling(spec.block_sampling_p_keep, spec.block_sampling_p_none)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -190,8 +235,12 @@ class EpochBatches(torch.utils.data.Dataset):
             rec = crop_item(rec, cap, rng)
             if len(rec["B"]) > cap:
                 raise RuntimeError(f"crop_item returned {len(rec['B'])} blocks for item {rec['id']!r}, above {cap}")
+        if self.sampling is not None:  # after the crop: sampling only removes blocks, the batch still fits
+            rec = self.sampling(rec, rng)
         if self.labels is not None:
             rec["label"] = int(self.labels[i]) if self.kind == "multiclass" else float(self.labels[i])
+        if self.kind == "residue":
+            rec["item_index"] = i
         if self.kind == "prot_interface":
             rec["prot"] = segment_only(rec, 0)
         if self.transform is not None:
@@ -229,14 +278,22 @@ def _worker_init(_):
 
 
 class EpochLoader:
-    """One rank's batches of one epoch. `len()` is the full epoch (identical on every rank); iteration starts
-    at `start_batch`."""
+    """One rank's batches of one epoch, from a position in the epoch's batch sequence on. Iterating yields the
+    batches; `steps()` groups them by optimizer step."""
 
-    def __init__(self, batches: EpochBatches, plan: EpochPlan, start_batch: int, loader_kwargs: dict):
-        self.dataset, self.plan, self.start_batch, self.loader_kwargs = batches, plan, start_batch, loader_kwargs
+    def __init__(self, batches: EpochBatches, plan: EpochPlan, steps: list[Step], rank: int, start_batch: int,
+                 loader_kwargs: dict):
+        self.dataset, self.plan, self.rank, self.loader_kwargs = batches, plan, rank, loader_kwargs
+        self.step_plan, self.start_batch = steps, start_batch
 
     def __len__(self) -> int:
+        """Batches this rank yields (from the start position)."""
         return len(self.dataset)
+
+    @property
+    def n_batches(self) -> int:
+        """Batches of the whole epoch, over all ranks."""
+        return len(self.plan.batches)
 
     @property
     def item_batches(self) -> list[np.ndarray]:
@@ -244,7 +301,7 @@ class EpochLoader:
         return self.dataset.batches
 
     def __iter__(self):
-        order = range(self.start_batch, len(self.dataset))
+        order = range(len(self.dataset))
         if self.loader_kwargs.get("num_workers", 0) == 0:
             for b in order:
                 yield self.dataset[b]
@@ -253,6 +310,13 @@ class EpochLoader:
             self.dataset, batch_size=None, sampler=order, collate_fn=_identity, worker_init_fn=_worker_init,
             **self.loader_kwargs,
         )
+
+    def steps(self):
+        """Per optimizer step: (batches of the step over all ranks, an iterator over this rank's batches of it,
+        possibly none). Consume each step's iterator before asking for the next step."""
+        batches = iter(self)
+        for step in self.step_plan:
+            yield step.size, itertools.islice(batches, len(step.ranks[self.rank]))
 
 
 def make_transform_for(spec: DataSpec):
@@ -273,14 +337,20 @@ def prepare_tables(spec: DataSpec) -> None:
 
 
 def make_loader(spec: DataSpec, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1,
-                start_batch: int = 0, shuffle: bool = True, num_workers: int = 0, pin_memory: bool = False,
-                prefetch_factor: int | None = None, multiprocessing_context=None) -> EpochLoader:
-    """This rank's loader for one epoch: batches are a pure function of (dataset, spec, seed, epoch, rank,
-    world_size), so a run resumed at `start_batch=b` sees exactly batches b, b+1, ... of the full run."""
+                start_batch: int = 0, per_step: int | None = None, shuffle: bool = True, num_workers: int = 0,
+                pin_memory: bool = False, prefetch_factor: int | None = None,
+                multiprocessing_context=None) -> EpochLoader:
+    """This rank's loader for one epoch. The epoch's batches are a pure function of (dataset, spec, seed, epoch),
+    whatever the world size; `start_batch` is a position in that sequence (batches all ranks consumed so far) and
+    `per_step` the batches of one optimizer step over all ranks (default world_size: one per rank). So a run
+    resumed at `start_batch=b` sees exactly the batches b, b+1, ... of the full run, and a run resumed there with
+    another world size sees the same items (dealt differently)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"make_loader: rank {rank} outside 0..{world_size - 1}")
-    items = open_dataset(spec.path, spec.allow_pickle, spec.fragmentation_method)
+    items = open_dataset(spec.path, spec.allow_pickle, spec.fragmentation_method,
+                         LIST_LABELS_OF_KIND.get(spec.kind, "auto"))
     labels = item_labels(items, spec.kind)
+    check_list_labels(items, spec.kind, spec.num_classes)
     groups = None
     if spec.balance == "label":
         groups = labels if labels is not None else items.index["label"]
@@ -290,19 +360,21 @@ def make_loader(spec: DataSpec, seed: int = 0, epoch: int = 0, rank: int = 0, wo
         groups = items.index["modality"]
     try:
         plan = plan_epoch(items.index, spec.kind, spec.max_n_vertex_per_gpu, spec.max_n_vertex_per_item, seed, epoch,
-                          world_size, shuffle=shuffle, balance=spec.balance, groups=groups)
+                          shuffle=shuffle, balance=spec.balance, groups=groups)
     except ValueError as e:
         raise DataError(f"{items.path}: {e}") from e
+    if not 0 <= start_batch <= len(plan.batches):
+        raise ValueError(f"make_loader: start_batch {start_batch} outside 0..{len(plan.batches)}")
+    steps = plan.steps(world_size, per_step or world_size, start_batch)
+    mine = [plan.batches[j] for step in steps for j in step.ranks[rank]]
     transform = make_transform_for(spec)
     if transform is not None:
         transform.load_tables()  # here, once: workers inherit them
-    batches = EpochBatches(items, plan.rank_batches(rank), plan.crop_to, labels, spec, seed, epoch, transform)
-    if not 0 <= start_batch <= len(batches):
-        raise ValueError(f"make_loader: start_batch {start_batch} outside 0..{len(batches)}")
+    batches = EpochBatches(items, mine, plan.crop_to, labels, spec, seed, epoch, transform)
     kwargs: dict = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers:
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
         if multiprocessing_context is not None:
             kwargs["multiprocessing_context"] = multiprocessing_context
-    return EpochLoader(batches, plan, start_batch, kwargs)
+    return EpochLoader(batches, plan, steps, rank, start_batch, kwargs)

@@ -22,6 +22,10 @@ Columns of items.parquet (schema version 1):
     block_embeddings, block_embeddings0, block_embeddings1
                                          list<float32> flattened [rows, dim] (dim in dataset.json), or null
     label, affinity                      float64 (null when absent)
+    n_block_labels, n_label_vector       int32   length of the two list labels below, -1 when absent (index columns;
+                                                 datasets written before them read as -1)
+    block_labels                         list<int8>     one 0/1 per non-global block, or null (residue labels)
+    label_vector                         list<float32>  a per-item label vector (multi-label), or null
     modality                             int32 (null when absent)
     dist_th                              float32 (null when absent)
     b2p_blocks, b2p_residues             list<int32>, list<string>: block_to_pdb_indexes, or null
@@ -56,7 +60,8 @@ META_FILE = "dataset.json"
 DEFAULT_ROW_GROUP_ITEMS = 32
 
 SIZE_COLUMNS = ("n_blocks", "n_atoms", "n_blocks0", "n_atoms0", "n_atoms1", "n_rot0", "n_rot1", "n_mask0", "n_mask1")
-INDEX_COLUMNS = SIZE_COLUMNS + ("label", "affinity", "modality")
+LABEL_LIST_COLUMNS = ("n_block_labels", "n_label_vector")
+INDEX_COLUMNS = SIZE_COLUMNS + ("label", "affinity", "modality") + LABEL_LIST_COLUMNS
 
 _LIST_TYPES = {
     "X": pa.float32(),
@@ -80,6 +85,10 @@ SCHEMA = pa.schema(
         pa.field("dist_th", pa.float32()),
         pa.field("b2p_blocks", pa.list_(pa.int32())),
         pa.field("b2p_residues", pa.list_(pa.string())),
+        pa.field("n_block_labels", pa.int32(), nullable=False),
+        pa.field("n_label_vector", pa.int32(), nullable=False),
+        pa.field("block_labels", pa.list_(pa.int8())),
+        pa.field("label_vector", pa.list_(pa.float32())),
     ],
     metadata={b"atomica_ray.format": FORMAT.encode(), b"atomica_ray.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -210,6 +219,10 @@ def records_to_table(records: list[dict]) -> pa.Table:
     cols["b2p_blocks"] = _list_array(
         [None if d is None else np.array(list(d.keys()), dtype=np.int32) for d in b2p], pa.int32())
     cols["b2p_residues"] = pa.array([None if d is None else list(d.values()) for d in b2p], type=pa.list_(pa.string()))
+    for key, count in (("block_labels", "n_block_labels"), ("label_vector", "n_label_vector")):
+        values = [r.get(key) for r in records]
+        cols[count] = pa.array(np.array([-1 if v is None else len(v) for v in values], dtype=np.int32))
+        cols[key] = _list_array(values, pa.int8() if key == "block_labels" else pa.float32())
     return pa.Table.from_arrays([cols[f.name] for f in SCHEMA], schema=SCHEMA)
 
 
@@ -225,6 +238,9 @@ class _Summary:
         self.max_block_type = -1
         self.label_integral = True
         self.n_labels = 0
+        self.label_vector_width: dict[str, int] = {}
+        self.n_label_vectors = 0
+        self.n_block_labels = 0
 
     def add(self, records: list[dict], where: str) -> None:
         for r in records:
@@ -235,6 +251,14 @@ class _Summary:
                         raise DataError(f"{where}, item id {r['id']!r}, field {k}: width {dim} differs from "
                                         f"{self.embedding_dims[k]} of earlier items")
             self.max_block_type = max(self.max_block_type, int(r["B"].max()))
+            vector = r.get("label_vector")
+            if vector is not None:
+                if self.label_vector_width.setdefault("width", len(vector)) != len(vector):
+                    raise DataError(f"{where}, item id {r['id']!r}, field label: a label vector of {len(vector)} "
+                                    f"values, earlier items have {self.label_vector_width['width']}")
+                self.n_label_vectors += 1
+            if r.get("block_labels") is not None:
+                self.n_block_labels += 1
             if r["label"] is not None:
                 self.n_labels += 1
                 self.label_integral &= isinstance(r["label"], int)
@@ -249,10 +273,12 @@ def write_dataset(
     row_group_items: int = DEFAULT_ROW_GROUP_ITEMS,
     overwrite: bool = False,
     extra_meta=None,
+    extra_files=None,
 ) -> dict:
     """Write (source, record) pairs to a Parquet dataset at `out_dir`; returns the dataset.json content.
 
     `extra_meta`: a callable returning more dataset.json entries, called once every record is written.
+    `extra_files`: a callable given the unfinished directory, to write more files that appear with the dataset.
     Raises before writing anything if `out_dir` exists and `overwrite` is False. Any error while writing
     removes the temporary output and leaves `out_dir` as it was."""
     out_dir = os.path.abspath(os.fspath(out_dir))
@@ -295,11 +321,16 @@ def write_dataset(
             "embedding_dims": summary.embedding_dims,
             "max_block_type": summary.max_block_type,
             "label_kind": None if summary.n_labels == 0 else ("int" if summary.label_integral else "float"),
+            "n_block_labels": summary.n_block_labels,  # items with per-block labels
+            "n_label_vectors": summary.n_label_vectors,  # items with a label vector ...
+            "label_vector_width": summary.label_vector_width.get("width"),  # ... of this width
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra_meta() if extra_meta else {}),
         }
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=1)
+        if extra_files is not None:
+            extra_files(tmp)
         _replace_dir(tmp, out_dir)
         return meta
     except BaseException:
@@ -336,8 +367,10 @@ def convert(
     fragmentation_method: str | None = "PS_300",
     row_group_items: int = DEFAULT_ROW_GROUP_ITEMS,
     overwrite: bool = False,
+    list_labels: str = "auto",
 ) -> dict:
-    """Validate every item of the ATOMICA files `sources` and write them, in order, to a Parquet dataset."""
+    """Validate every item of the ATOMICA files `sources` and write them, in order, to a Parquet dataset.
+    `list_labels`: how list-valued labels are read (items.py: "auto", "block" or "vector")."""
     if not sources:
         raise DataError("convert: no source files given")
     for s in sources:
@@ -355,7 +388,7 @@ def convert(
             entry = {"path": os.path.abspath(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "n_items": 0}
             meta_sources.append(entry)
             for i, raw in enumerate(iter_raw_items(src, allow_pickle)):
-                rec = validate_item(raw, src, i, num_block_types)
+                rec = validate_item(raw, src, i, num_block_types, list_labels)
                 ignored.update(ignored_keys(raw))
                 entry["n_items"] += 1
                 yield src, rec
@@ -373,7 +406,7 @@ def convert(
 
 # record fields -> the columns they need; "core" fields are always read
 CORE_COLUMNS = ("id", "X", "B", "A", "atom_positions", "block_lengths", "segment_ids",
-                "label", "affinity", "modality", "dist_th")
+                "label", "affinity", "modality", "dist_th", "block_labels", "label_vector")
 OPTIONAL_FIELDS = {
     "torsion_mask": ("torsion_mask",),
     "block_embeddings": EMBEDDING_KEYS,
@@ -391,7 +424,7 @@ class _DecodedGroup:
         names = set(table.column_names)
         self.ids = table.column("id").to_pylist()
         self.lists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
-        for name in list(_LIST_TYPES) + list(EMBEDDING_KEYS) + ["b2p_blocks"]:
+        for name in list(_LIST_TYPES) + list(EMBEDDING_KEYS) + ["b2p_blocks", "block_labels", "label_vector"]:
             if name not in names:
                 continue
             arr = table.column(name).combine_chunks()
@@ -434,6 +467,9 @@ class _DecodedGroup:
             rec[k] = vals[row]
         if label_int and rec["label"] is not None:
             rec["label"] = int(rec["label"])
+        labels, vector = s("block_labels", row), s("label_vector", row)
+        rec["block_labels"] = None if labels is None else labels.astype(np.int8)
+        rec["label_vector"] = None if vector is None else vector.astype(np.float32)
         if self.b2p_residues is not None:
             blocks = s("b2p_blocks", row)
             rec["block_to_pdb_indexes"] = (None if blocks is None
@@ -472,6 +508,7 @@ class ParquetItems:
         self._group_starts = np.array(starts, dtype=np.int64)
         self.embedding_dims = dict(self.meta.get("embedding_dims", {}))
         self.label_int = self.meta.get("label_kind") == "int"
+        self.file_columns = set(pq.read_schema(self.files[0]).names) if self.files else set()
         self.index = self._read_index()
         self.cache_groups = cache_groups
         self._handles: dict[int, pq.ParquetFile] = {}
@@ -483,7 +520,8 @@ class ParquetItems:
         parts = []
         for f in sources:
             try:
-                parts.append(pq.read_table(f, columns=list(INDEX_COLUMNS)))
+                present = set(pq.read_schema(f).names)
+                parts.append(pq.read_table(f, columns=[c for c in INDEX_COLUMNS if c in present]))
             except (OSError, pa.ArrowException) as e:
                 raise DataError(f"{f}: cannot read the size index ({e})") from e
         table = pa.concat_tables(parts)
@@ -495,6 +533,9 @@ class ParquetItems:
             index[c] = col.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
         mod = table.column("modality")
         index["modality"] = mod.fill_null(-1).to_numpy().astype(np.int64)
+        for c in LABEL_LIST_COLUMNS:  # absent from datasets written before list labels
+            index[c] = (table.column(c).to_numpy() if c in table.column_names
+                        else np.full(table.num_rows, -1, dtype=np.int32))
         return index
 
     def __len__(self) -> int:
@@ -510,7 +551,7 @@ class ParquetItems:
         self._handles, self._cache = {}, OrderedDict()
 
     def _columns(self, fields) -> list[str]:
-        cols = list(CORE_COLUMNS)
+        cols = [c for c in CORE_COLUMNS if c in self.file_columns or c not in ("block_labels", "label_vector")]
         for f in (ALL_FIELDS if fields is None else fields):
             if f not in OPTIONAL_FIELDS:
                 raise ValueError(f"unknown record field {f!r}; optional fields are {list(OPTIONAL_FIELDS)}")
@@ -558,6 +599,17 @@ class ParquetItems:
 
     def __getitem__(self, i: int) -> dict:
         return self.get([i])[0]
+
+    def column_values(self, name: str) -> list:
+        """One list column of every item, in order (numpy arrays, None where null), without decoding the items:
+        e.g. the training set's label vectors."""
+        if name not in self.file_columns:
+            return [None] * len(self)
+        out = []
+        for f in self.files:
+            for chunk in pq.read_table(f, columns=[name]).column(name).chunks:
+                out.extend(None if v is None else np.asarray(v) for v in chunk.to_numpy(zero_copy_only=False))
+        return out
 
     def iter_records(self, fields=None) -> Iterator[dict]:
         """Stream every item in order, one row group in memory at a time."""

@@ -1,4 +1,5 @@
-"""Pretraining transforms (ATOMICA `data/dataset_pretrain.py` + `utils/noise_transforms.py`, reference §1.4).
+"""Pretraining transforms (ATOMICA `data/dataset_pretrain.py` + `utils/noise_transforms.py`, reference §1.4), and
+random block sampling of labelled items (`--random_block_sampling`, `BlockSampling` at the end).
 
 `make_transform(spec)` returns None for kinds without noise, else `t(record, rng) -> record | None`, run per item
 in loader workers with an rng seeded per (seed, epoch, item). Per kind (ATOMICA's dataset class):
@@ -45,7 +46,7 @@ from atomica_ray.data.vocab import GLB, get_vocab
 TORSION_KINDS = frozenset({"pretrain_torsion", "pretrain_masked_torsion"})
 MASKED_KINDS = frozenset({"pretrain_masked_torsion", "pretrain_masked"})
 NOISE_KINDS = TORSION_KINDS | MASKED_KINDS | {"pretrain_atom"}
-PLAIN_KINDS = frozenset({"affinity", "labelled", "multiclass", "plain", "prot_interface"})
+PLAIN_KINDS = frozenset({"affinity", "labelled", "multiclass", "plain", "prot_interface", "residue", "multilabel"})
 MIN_EPS = 0.1  # lower end of ATOMICA's U(0.1, σ) noise scales
 
 # extra per-item keys each kind adds to the record
@@ -251,3 +252,64 @@ class PretrainTransform:
             out["tor_edges"] = atom_map[tor_edges]
         out.pop("torsion_mask", None)  # it described the unmasked atoms
         return out
+
+
+# --- random block sampling (ATOMICA `data/dataset.py: randomly_sample_blocks`) ---------------------------------------
+
+SAMPLED_KINDS = frozenset({"labelled", "multiclass", "residue", "multilabel"})  # ATOMICA's labelled datasets
+
+
+def keep_blocks(data: dict, keep: np.ndarray) -> dict:
+    """The item with only the blocks where `keep` [Nblock] is True (and their atoms); per-block labels and
+    block_to_pdb_indexes follow the blocks. Torsion masks describe the full item and are dropped."""
+    from atomica_ray.data.crop import subset_block_labels
+
+    B = np.asarray(data["B"])
+    lengths = np.asarray(data["block_lengths"])
+    atoms = np.repeat(keep, lengths)  # [Natom]
+    out = dict(data)
+    for key in ("X", "A", "atom_positions"):
+        if data.get(key) is not None:
+            out[key] = np.asarray(data[key])[atoms]
+    for key in ("B", "block_lengths", "segment_ids"):
+        out[key] = np.asarray(data[key])[keep]
+    if data.get("block_labels") is not None:
+        out["block_labels"] = subset_block_labels(data["block_labels"], B, np.flatnonzero(keep & (B != GLB)))
+    if data.get("block_embeddings") is not None:
+        out["block_embeddings"] = np.asarray(data["block_embeddings"])[keep]
+    if data.get("block_to_pdb_indexes"):
+        new_index = np.cumsum(keep) - 1
+        out["block_to_pdb_indexes"] = {int(new_index[int(k)]): v for k, v in data["block_to_pdb_indexes"].items()
+                                       if keep[int(k)]}
+    if "torsion_mask" in out:
+        out["torsion_mask"] = None
+    return out
+
+
+@dataclass(frozen=True)
+class BlockSampling:
+    """ATOMICA's random block sampling of training items: with probability `p_none` the item is left whole;
+    otherwise every non-global block is kept with probability `p_keep` (at least one is always kept) and the global
+    blocks always are. The global blocks keep their coordinates (ATOMICA does not re-centre them)."""
+
+    p_keep: float = 1.0
+    p_none: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.p_keep <= 1.0:
+            raise ValueError(f"block_sampling_p_keep must be in [0, 1], got {self.p_keep}")
+        if not 0.0 <= self.p_none <= 1.0:
+            raise ValueError(f"block_sampling_p_none must be in [0, 1], got {self.p_none}")
+
+    def __call__(self, data: dict, rng: np.random.Generator) -> dict:
+        if self.p_none > 0 and rng.random() < self.p_none:
+            return data
+        B = np.asarray(data["B"])
+        keep = B == GLB
+        normal = np.flatnonzero(~keep)
+        if len(normal):
+            draw = rng.random(len(normal)) < self.p_keep  # [n_non_global]
+            if not draw.any():
+                draw[rng.integers(len(normal))] = True
+            keep[normal[draw]] = True
+        return keep_blocks(data, keep)

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import yaml
@@ -44,15 +45,23 @@ def run_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / MODEL_DIR / "config.json").is_file())
 
 
-def _task_of(checkpoint: Path) -> str | None:
-    """The task a checkpoint was trained for: its train_config.yaml, else its model class."""
+def _selection_of(checkpoint: Path) -> tuple[str, str] | None:
+    """(metric, mode) the run ranked its checkpoints by: its train_config.yaml's task and selection keys (or the
+    task of its model class); None when neither says."""
+    from atomica_ray.tasks import get_task, selection
+    from atomica_ray.train.config import TrainConfig
+
+    values = {}
     config = checkpoint / CONFIG_FILE
     if config.is_file():
-        task = (yaml.safe_load(config.read_text()) or {}).get("task")
-        if task:
-            return task
-    model_type = json.loads((checkpoint / MODEL_DIR / "config.json").read_text()).get("model_type")
-    return PREDICTING_TASKS.get(model_type)
+        values = yaml.safe_load(config.read_text()) or {}
+    task = values.get("task") or PREDICTING_TASKS.get(
+        json.loads((checkpoint / MODEL_DIR / "config.json").read_text()).get("model_type"))
+    if task is None:
+        return None
+    known = TrainConfig().to_dict()  # defaults for keys an older run did not write
+    cfg = SimpleNamespace(**{**known, **{k: v for k, v in values.items() if k in known}, "task": task})
+    return selection(get_task(task), cfg)
 
 
 def pick_checkpoint(run_dir: Path, which: str = "best") -> tuple[Path, str]:
@@ -70,14 +79,12 @@ def pick_checkpoint(run_dir: Path, which: str = "best") -> tuple[Path, str]:
     if which == "latest":
         chosen = max(found, key=trained)
         return chosen, f"the latest of {len(found)} checkpoints of run {run_dir.name}"
-    from atomica_ray.tasks import get_task
-
-    task_name = _task_of(found[-1])
-    if task_name is None:
+    chosen_by = _selection_of(found[-1])
+    if chosen_by is None:
         raise ValueError(f"{run_dir}: cannot tell which task trained it (no task in {CONFIG_FILE}); "
                          "pass --which latest or a checkpoint directory")
-    task = get_task(task_name)
-    metric, sign = task.selection_metric, (1.0 if task.mode == "min" else -1.0)
+    metric, mode = chosen_by
+    sign = 1.0 if mode == "min" else -1.0
     scored = [c for c in found if isinstance(last[c].get(metric), (int, float))
               and math.isfinite(last[c][metric]) and abs(last[c][metric]) < 1e300]
     if not scored:
@@ -90,7 +97,7 @@ def pick_checkpoint(run_dir: Path, which: str = "best") -> tuple[Path, str]:
 
     chosen = min(scored, key=rank)
     return chosen, (f"the best of {len(scored)} validated checkpoints of run {run_dir.name} by {metric} "
-                    f"({task.mode}): {last[chosen][metric]:.6g}")
+                    f"({mode}): {last[chosen][metric]:.6g}")
 
 
 def resolve(checkpoint: str | None, model_config: str | None, model_weights: str | None,

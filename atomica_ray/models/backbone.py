@@ -24,6 +24,7 @@ pooling without padding (the masked pooling computes exactly that).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, fields
 
 import torch
@@ -78,14 +79,16 @@ class BlockEmbedding(nn.Module):
 class AtomicaBackbone(nn.Module):
     """Embeddings, both graph levels, both encoders, the atom -> block attention and the pooling."""
 
+    # The encoder's arguments, declared here once: every model class takes them as keyword arguments (`**encoder`)
+    # and passes them on (see `encoder_args`). Their ATOMICA defaults and meaning: models/config_keys.py.
     def __init__(self, atom_hidden_size: int, block_hidden_size: int, edge_size: int = 16, k_neighbors: int = 9,
                  n_layers: int = 3, dropout: float = 0.0, bottom_global_message_passing: bool = False,
-                 global_message_passing: bool = False, fragmentation_method: str | None = None, *,
-                 atom_noise: bool = False, translation_noise: bool = False, rotation_noise: bool = False,
-                 torsion_noise: bool = False, modality_embedding: bool = False,
+                 global_message_passing: bool = False, fragmentation_method: str | None = None,
                  unk_is_global: bool = FIXED_BEHAVIOUR["unk_is_global"],
                  attention_mask: bool = FIXED_BEHAVIOUR["attention_mask"],
-                 direction_eps: float = FIXED_BEHAVIOUR["direction_eps"]):
+                 direction_eps: float = FIXED_BEHAVIOUR["direction_eps"], *,
+                 atom_noise: bool = False, translation_noise: bool = False, rotation_noise: bool = False,
+                 torsion_noise: bool = False, modality_embedding: bool = False):
         super().__init__()
         self.atom_hidden_size = atom_hidden_size
         self.hidden_size = block_hidden_size
@@ -314,3 +317,16 @@ def set_batch_independent(model: nn.Module, enabled: bool = True) -> nn.Module:
         if isinstance(module, AtomicaBackbone):
             module.batch_independent = enabled
     return model
+
+
+# the arguments every model class shares: the backbone's positional-or-keyword parameters
+ENCODER_ARGS = tuple(name for name, p in inspect.signature(AtomicaBackbone.__init__).parameters.items()
+                     if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)
+
+
+def encoder_args(kwargs: dict, model: str) -> dict:
+    """`kwargs`, checked to hold encoder arguments only (as ATOMICA's constructors reject others)."""
+    unknown = sorted(set(kwargs) - set(ENCODER_ARGS))
+    if unknown:
+        raise TypeError(f"{model}.__init__() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+    return kwargs

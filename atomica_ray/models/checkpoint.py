@@ -1,13 +1,19 @@
-"""ATOMICA checkpoints: `config.json` (the model's `get_config()`, with `model_type`) + a state-dict `.pt` file.
+"""ATOMICA checkpoints: `config.json` (the model's `get_config()`, with `model_type`) + a state-dict `.pt` file,
+and our sidecar `atomica_ray.json` beside them.
 
 load_atomica(config, weights, model_type=None, partial_finetune=False, **overrides)
+  - configs of released and current ATOMICA and of atomica-ray: options we do not implement are dropped when
+    off and refused, by name, when on (models/config_keys.py);
   - same class as the config's `model_type`: strict load (ATOMICA-Ligand, ATOMICA-Interface, our own runs);
   - another class: ATOMICA's transfer (`load_from_config_and_weights` -> `_load_from_pretrained`): the encoder
     comes from the checkpoint, heads absent from it start fresh (atomica-reference.md §2.7);
   - `partial_finetune` freezes everything but the task head.
-save_atomica(model, out_dir) writes what ATOMICA's own loader reads back.
+save_atomica(model, out_dir) writes a config.json of ATOMICA's constructor keys only (its loader calls
+`cls(**config)`), and the sidecar with our numerics flags (unk_is_global, attention_mask, direction_eps) and, when
+they differ from ATOMICA's, a plain-words warning; `strict=True` refuses such a model instead.
 
-A config without the defect flags (see backbone.py) was written by ATOMICA and keeps ATOMICA's numerics.
+Numerics flags come from config.json (configs we wrote before the sidecar existed), else the sidecar, else they
+are ATOMICA's: a config without them was written by ATOMICA and keeps ATOMICA's numerics.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from e3nn import o3
 from torch import nn
 
 from .backbone import ATOMICA_BEHAVIOUR
+from .config_keys import SIDECAR_NAME, clean_config, numerics_warning, split_config
 from .registry import MODEL_CLASSES, build_model
 
 log = logging.getLogger(__name__)
@@ -51,7 +58,38 @@ def _read_config(config) -> tuple[dict, str]:
         raise ValueError(f"{where}: an ATOMICA config needs a 'model_type' field")
     if cfg["model_type"] not in MODEL_CLASSES:
         raise ValueError(f"{where}: model_type {cfg['model_type']!r} is not one of {sorted(MODEL_CLASSES)}")
+    if not isinstance(config, dict):
+        sidecar = read_sidecar(Path(config).parent / SIDECAR_NAME)
+        behaviour = (sidecar or {}).get("behaviour", {})
+        inner = cfg["prot_model"] if cfg["model_type"] == "ProteinInterfaceModel" else cfg
+        for key, value in behaviour.items():
+            inner.setdefault(key, value)  # flags in config.json itself (older atomica-ray checkpoints) win
     return cfg, where
+
+
+def config_behaviour(config) -> dict:
+    """The numerics flags of a checkpoint config (path or dict): config.json, else the sidecar, else ATOMICA's."""
+    cfg, _ = _read_config(config)
+    if cfg["model_type"] == "ProteinInterfaceModel":
+        cfg = cfg.get("prot_model") or {}
+    return {k: cfg.get(k, v) for k, v in ATOMICA_BEHAVIOUR.items()}
+
+
+def read_sidecar(path: Path) -> dict | None:
+    """Our sidecar beside a config.json, or None."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path) as f:
+            sidecar = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("behaviour", {}), dict):
+        raise ValueError(f"{path}: expected {{'behaviour': {{...}}}}")
+    unknown = set(sidecar.get("behaviour", {})) - set(ATOMICA_BEHAVIOUR)
+    if unknown:
+        raise ValueError(f"{path}: unknown behaviour key(s) {sorted(unknown)}")
+    return sidecar
 
 
 def _read_weights(weights) -> tuple[dict, str]:
@@ -207,6 +245,12 @@ def load_atomica(config, weights, model_type: str | None = None, partial_finetun
     cfg, cfg_where = _read_config(config)
     state, weights_where = _read_weights(weights)
     source = cfg.pop("model_type")
+    if source == "ProteinInterfaceModel":
+        inner = dict(cfg.get("prot_model") or {})
+        inner.pop("model_type", None)
+        cfg["prot_model"] = clean_config(inner, "PredictionModel", cfg_where)
+    else:
+        cfg = clean_config(cfg, source, cfg_where)
     target = model_type or source
     if target not in MODEL_CLASSES:
         raise ValueError(f"model_type {target!r} is not one of {sorted(MODEL_CLASSES)}")
@@ -214,9 +258,7 @@ def load_atomica(config, weights, model_type: str | None = None, partial_finetun
 
     if target == source:
         if target == "ProteinInterfaceModel":
-            inner = dict(cfg["prot_model"])
-            inner.pop("model_type", None)
-            kwargs = _merge_overrides(inner, overrides, cfg_where)
+            kwargs = _merge_overrides(dict(cfg["prot_model"]), overrides, cfg_where)
         else:
             kwargs = _merge_overrides(cfg, overrides, cfg_where)
         model = build_model(target, kwargs)
@@ -249,20 +291,44 @@ def load_atomica(config, weights, model_type: str | None = None, partial_finetun
     return model
 
 
+def model_behaviour(model: nn.Module) -> dict:
+    """The numerics flags a model runs with (of its protein encoder for ProteinInterfaceModel)."""
+    encoder = model.prot_model if hasattr(model, "prot_model") else model
+    return {k: getattr(encoder, k) for k in ATOMICA_BEHAVIOUR}
+
+
+def atomica_config(model: nn.Module) -> tuple[dict, dict]:
+    """(config.json content: ATOMICA's constructor keys only, our keys) of a model."""
+    config = model.get_config()
+    if config["model_type"] == "ProteinInterfaceModel":
+        inner, ours = split_config(config["prot_model"])
+        return {**config, "prot_model": inner}, ours
+    return split_config(config)
+
+
 def save_atomica(model: nn.Module, out_dir, *, epoch: int | None = None, step: int | None = None,
-                 overwrite: bool = False) -> tuple[Path, Path]:
-    """Write `config.json` and the weights (ATOMICA's trainer names them `epoch{E}_step{S}.pt`; `model.pt` when
-    no epoch / step is given). Files are written whole (temporary file, then rename); existing files are kept
-    unless `overwrite` (an identical config.json is fine). Returns (config path, weights path)."""
+                 overwrite: bool = False, strict: bool = False) -> tuple[Path, Path]:
+    """Write `config.json`, the weights (ATOMICA's trainer names them `epoch{E}_step{S}.pt`; `model.pt` when no
+    epoch / step is given) and the sidecar. Files are written whole (temporary file, then rename); existing files
+    are kept unless `overwrite` (an identical config.json is fine). `strict`: refuse (ValueError, nothing written)
+    a model whose numerics ATOMICA's code does not have. Returns (config path, weights path)."""
     out = Path(out_dir)
+    config, _ = atomica_config(model)
+    behaviour = model_behaviour(model)
+    warning = numerics_warning(behaviour)
+    if strict and warning:
+        raise ValueError("atomica_strict: refusing to write an ATOMICA checkpoint. " + warning)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / CONFIG_NAME
     weights_path = out / (f"epoch{epoch}_step{step}.pt" if epoch is not None and step is not None else "model.pt")
-    config_text = json.dumps(model.get_config(), indent=4)
+    config_text = json.dumps(config, indent=4)
+    sidecar = {"format": "atomica-ray-model-sidecar", "version": 1, "model_type": config["model_type"],
+               "behaviour": behaviour, "atomica_numerics": warning is None, "warning": warning}
     if not overwrite:
         if weights_path.exists():
             raise FileExistsError(f"{weights_path} exists; pass overwrite=True to replace it")
-        if config_path.exists() and config_path.read_text() != config_text:
+        if config_path.exists() and (config_path.read_text() != config_text
+                                     or (read_sidecar(out / SIDECAR_NAME) or {}).get("behaviour") != behaviour):
             raise FileExistsError(f"{config_path} exists with another configuration; pass overwrite=True")
 
     def write(path: Path, dump) -> None:
@@ -276,5 +342,6 @@ def save_atomica(model: nn.Module, out_dir, *, epoch: int | None = None, step: i
             raise
 
     write(weights_path, lambda f: torch.save(atomica_state_dict(model), f))
+    write(out / SIDECAR_NAME, lambda f: f.write(json.dumps(sidecar, indent=1).encode()))
     write(config_path, lambda f: f.write(config_text.encode()))
     return config_path, weights_path

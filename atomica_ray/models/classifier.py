@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from .heads import act_dropout_linear, activation_name, relu_linear
+from .losses import focal_multiclass
 from .prediction import PredictionModel
 
 
@@ -42,22 +43,36 @@ class ClassifierModel(PredictionModel):
 class MultiClassClassifierModel(PredictionModel):
     """Multi-class classification: cross-entropy loss, softmax probabilities."""
 
-    def __init__(self, num_classes, **kwargs):
+    def __init__(self, num_classes, loss_type="cross_entropy", focal_alpha=None, focal_gamma=2.0, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
+        self.loss_type, self.focal_alpha, self.focal_gamma = loss_type, focal_alpha, focal_gamma  # losses.py
+        self.class_weights = None  # --weighted_loss, from the training labels; not in the state dict
         h = self.hidden_size
         self.classifier_ffn = relu_linear(h, h, h, h // 2, num_classes)
 
     head_modules = ("classifier_ffn",)
 
     def head_config(self) -> dict:
-        return {"num_classes": self.num_classes}
+        if self.loss_type == "cross_entropy":  # the keys older ATOMICA does not know stay out of config.json
+            return {"num_classes": self.num_classes}
+        return {"num_classes": self.num_classes, "loss_type": self.loss_type, "focal_alpha": self.focal_alpha,
+                "focal_gamma": self.focal_gamma}
+
+    def set_class_weights(self, weights):
+        self.class_weights = weights
 
     def forward(self, Z, B, A, block_lengths, lengths, segment_ids, label, block_embeddings=None,
                 block_embeddings0=None, block_embeddings1=None):
         enc = self._encode(Z, B, A, block_lengths, lengths, segment_ids)
         logits = self.classifier_ffn(enc.graph_repr)  # [bs, num_classes]
-        return F.cross_entropy(logits, label), F.softmax(logits, dim=1)
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        if self.loss_type == "focal":  # ATOMICA: --weighted_loss replaces the focal alpha by the class weights
+            alpha = weight if weight is not None else self.focal_alpha
+            loss = focal_multiclass(logits, label, self.focal_gamma, alpha)
+        else:
+            loss = F.cross_entropy(logits, label, weight=weight)
+        return loss, F.softmax(logits, dim=1)
 
     def infer(self, batch, extra_info=False):
         self.eval()

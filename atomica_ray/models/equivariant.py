@@ -12,7 +12,7 @@ from e3nn import o3
 from torch import nn
 
 from .scatter import scatter_mean
-from .tensor_product import StackedTensorProduct
+from .kernels.tensor_product import StackedTensorProduct
 
 
 class GaussianSmearing(nn.Module):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from e3nn import o3
 from torch import nn
 
-from .cuda_graphs import GraphedStack
+from .kernels.cuda_graphs import GraphedStack
 from .equivariant import TensorProductConv, distance_embedder, spherical_harmonics
 from .scatter import scatter_mean
 
@@ -174,7 +174,7 @@ class ATOMICAEncoder(nn.Module):
         self.cuda_graphs = None  # a GraphedStack once `use_cuda_graphs(True)`
 
     def use_cuda_graphs(self, enabled: bool = True) -> None:
-        """Replay the layer stack from CUDA graphs when training on a GPU (models/cuda_graphs.py)."""
+        """Replay the layer stack from CUDA graphs when training on a GPU (models/kernels/cuda_graphs.py)."""
         if not enabled:
             self.cuda_graphs = None
             return

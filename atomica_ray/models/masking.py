@@ -5,23 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backbone import FIXED_BEHAVIOUR
 from .heads import masked_block_ffn
 from .prediction import PredictionModel
 
 
 class MaskedNodeModel(PredictionModel):
-    def __init__(self, atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers,
-                 num_masked_block_classes, dropout=0.0, bottom_global_message_passing=False,
-                 global_message_passing=False, fragmentation_method=None,
-                 unk_is_global=FIXED_BEHAVIOUR["unk_is_global"], attention_mask=FIXED_BEHAVIOUR["attention_mask"],
-                 direction_eps=FIXED_BEHAVIOUR["direction_eps"]):
-        super().__init__(atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers, dropout,
-                         bottom_global_message_passing, global_message_passing, fragmentation_method,
-                         unk_is_global=unk_is_global, attention_mask=attention_mask,
-                         direction_eps=direction_eps)
+    def __init__(self, num_masked_block_classes, **encoder):
+        super().__init__(**encoder)
         self.num_masked_block_classes = num_masked_block_classes
-        self.masked_ffn = masked_block_ffn(block_hidden_size, num_masked_block_classes, dropout)
+        self.masked_ffn = masked_block_ffn(self.hidden_size, num_masked_block_classes, self.dropout)
 
     head_modules = ("masked_ffn",)
 

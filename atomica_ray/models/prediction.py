@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from .backbone import FIXED_BEHAVIOUR, AtomicaBackbone
+from .backbone import AtomicaBackbone, encoder_args
 
 
 class PredictionReturnValue(NamedTuple):
@@ -20,14 +20,8 @@ class PredictionReturnValue(NamedTuple):
 class PredictionModel(AtomicaBackbone):
     """Encoder without denoising heads; the base of the downstream models."""
 
-    def __init__(self, atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers, dropout=0.0,
-                 bottom_global_message_passing=False, global_message_passing=False, fragmentation_method=None,
-                 unk_is_global=FIXED_BEHAVIOUR["unk_is_global"], attention_mask=FIXED_BEHAVIOUR["attention_mask"],
-                 direction_eps=FIXED_BEHAVIOUR["direction_eps"]):
-        super().__init__(atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers, dropout,
-                         bottom_global_message_passing, global_message_passing, fragmentation_method,
-                         unk_is_global=unk_is_global, attention_mask=attention_mask,
-                         direction_eps=direction_eps)
+    def __init__(self, **encoder):
+        super().__init__(**encoder_args(encoder, type(self).__name__))
 
     # the task head of each subclass; partial fine-tuning trains only these modules
     head_modules: tuple[str, ...] = ()

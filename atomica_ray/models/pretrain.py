@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .backbone import FIXED_BEHAVIOUR, AtomicaBackbone, Encoding
+from .backbone import AtomicaBackbone, Encoding, encoder_args
 from .heads import masked_block_ffn, noise_scale_ffn
 from .scatter import scatter_sum
 
@@ -53,19 +53,13 @@ def mean_of_item_means(values: torch.Tensor, item: torch.Tensor, n_items: int,
 
 
 class DenoisePretrainModel(AtomicaBackbone):
-    def __init__(self, atom_hidden_size, block_hidden_size, edge_size=16, k_neighbors=9, n_layers=3, dropout=0.0,
-                 bottom_global_message_passing=False, global_message_passing=False, fragmentation_method=None,
-                 atom_noise=True, translation_noise=True, rotation_noise=True, torsion_noise=True,
+    def __init__(self, atom_noise=True, translation_noise=True, rotation_noise=True, torsion_noise=True,
                  num_masked_block_classes=None, atom_weight=1, translation_weight=1, rotation_weight=1,
-                 torsion_weight=1, mask_weight=1, modality_embedding=False,
-                 unk_is_global=FIXED_BEHAVIOUR["unk_is_global"], attention_mask=FIXED_BEHAVIOUR["attention_mask"],
-                 direction_eps=FIXED_BEHAVIOUR["direction_eps"]):
-        super().__init__(atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers, dropout,
-                         bottom_global_message_passing, global_message_passing, fragmentation_method,
-                         atom_noise=atom_noise, translation_noise=translation_noise, rotation_noise=rotation_noise,
-                         torsion_noise=torsion_noise, modality_embedding=modality_embedding,
-                         unk_is_global=unk_is_global, attention_mask=attention_mask,
-                         direction_eps=direction_eps)
+                 torsion_weight=1, mask_weight=1, modality_embedding=False, **encoder):
+        super().__init__(**encoder_args(encoder, type(self).__name__), atom_noise=atom_noise,
+                         translation_noise=translation_noise, rotation_noise=rotation_noise,
+                         torsion_noise=torsion_noise, modality_embedding=modality_embedding)
+        block_hidden_size, dropout = self.hidden_size, self.dropout
         self.atom_weight = atom_weight
         self.translation_weight = translation_weight
         self.rotation_weight = rotation_weight
@@ -182,20 +176,9 @@ class DenoisePretrainModelWithBlockEmbedding(DenoisePretrainModel):
     ATOMICA's version builds only these input-side mixers but its forward also calls output-side ones it never
     builds (atomica-reference.md §5 item 4); here the input-side mixing is all there is."""
 
-    def __init__(self, atom_hidden_size, block_hidden_size, edge_size=16, k_neighbors=9, n_layers=3, dropout=0.0,
-                 bottom_global_message_passing=False, global_message_passing=False, fragmentation_method=None,
-                 atom_noise=True, translation_noise=True, rotation_noise=True, torsion_noise=True,
-                 num_masked_block_classes=None, atom_weight=1, translation_weight=1, rotation_weight=1,
-                 torsion_weight=1, mask_weight=1, modality_embedding=False, num_projector_layers=3,
-                 projector_hidden_size=32, projector_dropout=0, block_embedding_size=None, block_embedding0_size=None,
-                 block_embedding1_size=None, unk_is_global=FIXED_BEHAVIOUR["unk_is_global"],
-                 attention_mask=FIXED_BEHAVIOUR["attention_mask"], direction_eps=FIXED_BEHAVIOUR["direction_eps"]):
-        super().__init__(atom_hidden_size, block_hidden_size, edge_size, k_neighbors, n_layers, dropout,
-                         bottom_global_message_passing, global_message_passing, fragmentation_method, atom_noise,
-                         translation_noise, rotation_noise, torsion_noise, num_masked_block_classes, atom_weight,
-                         translation_weight, rotation_weight, torsion_weight, mask_weight, modality_embedding,
-                         unk_is_global=unk_is_global, attention_mask=attention_mask,
-                         direction_eps=direction_eps)
+    def __init__(self, num_projector_layers=3, projector_hidden_size=32, projector_dropout=0,
+                 block_embedding_size=None, block_embedding0_size=None, block_embedding1_size=None, **options):
+        super().__init__(**options)
         self.num_projector_layers = num_projector_layers
         self.projector_hidden_size = projector_hidden_size
         self.projector_dropout = projector_dropout

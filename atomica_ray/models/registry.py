@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .affinity import AffinityPredictor
+from .multilabel import MultiLabelClassifierModel
+from .residue import ResidueClassifierModel
 from .classifier import ClassifierModel, MultiClassClassifierModel, RegressionPredictor
 from .masking import MaskedNodeModel
 from .prediction import PredictionModel
@@ -13,7 +15,7 @@ MODEL_CLASSES = {
     cls.__name__: cls
     for cls in (DenoisePretrainModel, DenoisePretrainModelWithBlockEmbedding, PredictionModel, AffinityPredictor,
                 RegressionPredictor, ClassifierModel, MultiClassClassifierModel, MaskedNodeModel,
-                ProteinInterfaceModel)
+                ProteinInterfaceModel, ResidueClassifierModel, MultiLabelClassifierModel)
 }
 
 TASK_MODELS = {
@@ -27,6 +29,8 @@ TASK_MODELS = {
     "multiclass_classifier": "MultiClassClassifierModel",
     "masking": "MaskedNodeModel",
     "prot_interface": "ProteinInterfaceModel",
+    "residue_binary_classifier": "ResidueClassifierModel",
+    "multilabel_classifier": "MultiLabelClassifierModel",
 }
 
 _BLOCK_FEATURE_SIZES = ("block_embedding_size", "block_embedding0_size", "block_embedding1_size")

@@ -7,7 +7,7 @@ and Spearman logged.
 from __future__ import annotations
 
 from atomica_ray.tasks.spec import Task, structure_inputs
-from atomica_ray.train import metrics as M
+from atomica_ray.tasks import metrics as M
 
 
 def forward(model, batch):
@@ -44,6 +44,7 @@ PDBBIND = Task(
     mode="min",
     optimizer="adamw",
     scheduler="exp_decay",
+    metric_names=("val_rmse", "val_pearson", "val_spearman", "val_loss"),
     prediction_keys=("pred",),
 )
 
@@ -58,5 +59,6 @@ REGRESSION = Task(
     mode="min",
     optimizer="adamw",
     scheduler="exp_decay",
+    metric_names=("val_rmse", "val_pearson", "val_spearman", "val_loss"),
     prediction_keys=("pred",),
 )

@@ -9,7 +9,7 @@ import torch
 
 from atomica_ray.data.vocab import get_vocab
 from atomica_ray.tasks.spec import Task, structure_inputs
-from atomica_ray.train import metrics as M
+from atomica_ray.tasks import metrics as M
 
 
 def forward(model, batch):
@@ -36,4 +36,5 @@ MASKING = Task(
     mode="min",
     optimizer="adam",
     scheduler="cosine_restarts",
+    metric_names=("val_ce", "val_accuracy"),
 )

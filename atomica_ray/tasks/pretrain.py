@@ -11,7 +11,7 @@ import torch
 
 from atomica_ray.data.vocab import get_vocab
 from atomica_ray.tasks.spec import Task, structure_inputs
-from atomica_ray.train import metrics as M
+from atomica_ray.tasks import metrics as M
 
 TERMS = ("atom_loss", "translation_loss", "rotation_loss", "tor_loss", "masked_loss")
 NOISE_KEYS = ("atom_score", "atom_eps", "tr_score", "tr_eps", "rot_score", "tor_score", "tor_edges", "tor_batch",
@@ -67,6 +67,7 @@ def _pretrain(name, kind, masking):
         mode="min",
         optimizer="adam",
         scheduler="cosine_restarts",
+        metric_names=("val_loss", *("val_" + t for t in TERMS), "val_mask_acc"),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from atomica_ray.tasks.spec import Task
-from atomica_ray.train import metrics as M
+from atomica_ray.tasks import metrics as M
 
 
 def forward(model, batch):
@@ -34,4 +34,5 @@ PROT_INTERFACE = Task(
     mode="min",
     optimizer="adamw",
     scheduler="cosine_restarts",
+    metric_names=("val_loss",),
 )

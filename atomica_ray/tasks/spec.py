@@ -4,6 +4,9 @@ A task's `forward(model, batch)` returns `(loss, records)`: the loss to back-pro
 tensors whose first dimension counts whatever the metrics average over (items, masked blocks, or one row per
 batch). The engine concatenates `records` over the validation set of every rank and hands the numpy arrays to
 `metrics(records) -> {name: float}`.
+
+Tasks sit below the engine: they never import `atomica_ray.train`. A task reads its settings from the run's
+config object by attribute (`cfg.num_pred_layers`, ...), whatever class it is (tests/test_tasks_layering.py).
 """
 
 from __future__ import annotations
@@ -15,27 +18,33 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from atomica_ray.train.config import TrainConfig
-
 Records = dict[str, "np.ndarray"]
+Config = Any  # the run's settings (the engine's TrainConfig); tasks read attributes of it, nothing else
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
     model_class: str  # ATOMICA class name (config.json "model_type")
-    data_kind: Callable[["TrainConfig"], str]  # DataSpec.kind for this config
-    model_kwargs: Callable[["TrainConfig"], dict[str, Any]]  # head/noise arguments on top of the encoder's
+    data_kind: Callable[[Config], str]  # DataSpec.kind for this config
+    model_kwargs: Callable[[Config], dict[str, Any]]  # head/noise arguments on top of the encoder's
     forward: Callable[["torch.nn.Module", dict], tuple["torch.Tensor", dict[str, "torch.Tensor"]]]
     metrics: Callable[[Records], dict[str, float]]
-    selection_metric: str  # reported key the checkpoints and early stopping rank by
+    selection_metric: str  # reported key the checkpoints and early stopping rank by (the default; see `selection`)
     mode: str  # "min" | "max"
     optimizer: str  # "adam" | "adamw" (ATOMICA's trainer for the task)
     scheduler: str  # "exp_decay" | "cosine_restarts"
     prediction_keys: tuple[str, ...] = ()  # records written by `atomica-ray predict` (besides label)
+    metric_names: tuple[str, ...] = ()  # every key `metrics` reports (what --selection_metric may name)
+    # the default selection metric for this config, when it depends on it (e.g. --multiclass_metric); None: fixed
+    select: Callable[[Config], str] | None = None
+    # called once on every worker with the fresh (or restored) model and the training set before training, for
+    # state derived from the training labels that the checkpoint does not hold (e.g. --weighted_loss weights)
+    prepare: Callable[[Any, Config, Any], None] | None = None
+    label_kind: str = "scalar"  # "scalar" | "block" (one 0/1 per non-global block) | "vector" (num_classes floats)
 
 
-def encoder_kwargs(cfg: "TrainConfig") -> dict[str, Any]:
+def encoder_kwargs(cfg: Config) -> dict[str, Any]:
     """The constructor arguments every ATOMICA model shares."""
     return dict(
         atom_hidden_size=cfg.atom_hidden_size,

@@ -29,7 +29,8 @@ CONFIG_FILE = "train_config.yaml"
 
 @dataclass
 class TrainState:
-    """Counters of a run. `batch` is the next batch of epoch `epoch` to train on (0 at an epoch boundary)."""
+    """Counters of a run. `batch` is the position in epoch `epoch`'s batch sequence (batches all ranks have trained
+    on; 0 at an epoch boundary), the same whatever the world size."""
 
     epoch: int = 0
     batch: int = 0
@@ -41,6 +42,7 @@ class TrainState:
     bad_steps_in_row: int = 0
     skipped_oom: int = 0
     skipped_nonfinite: int = 0
+    preemptions: int = 0  # just-in-time checkpoints written because Ray reported a node being preempted
     wandb_id: str | None = None
 
     @classmethod

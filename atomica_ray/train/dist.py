@@ -45,8 +45,9 @@ class StepSummary:
 @torch.no_grad()
 def reduce_step(params: list[torch.nn.Parameter], oom, nonfinite, loss_sum, loss_count,
                 device: torch.device) -> torch.Tensor:
-    """Average the gradients of `params` over ranks and agree on the step's flags, in one all-reduce, without a
-    host sync. The flags and loss sums may be Python numbers or 0-d device tensors. Returns the step's flags on the
+    """Sum the gradients of `params` over ranks and agree on the step's flags, in one all-reduce, without a
+    host sync. (Each rank scaled its losses by 1/(batches of the step over all ranks), so the sum is the step's
+    mean gradient, whatever the number of ranks and however the step's batches were dealt to them.) The flags and loss sums may be Python numbers or 0-d device tensors. Returns the step's flags on the
     device, [ranks out of memory, ranks with a non-finite loss, loss sum, loss count, gradients all finite]
     (`bad_step` decides from them on the device, `StepSummary.read` brings them to the host).
 
@@ -61,7 +62,7 @@ def reduce_step(params: list[torch.nn.Parameter], oom, nonfinite, loss_sum, loss
     flat = torch.cat([g.reshape(-1).float() for g in grads] + flags)
     if world > 1:
         dist.all_reduce(flat)
-    grad_flat = flat[:-4] / world  # [n_params]
+    grad_flat = flat[:-4]  # [n_params]
     for p, g in zip(params, torch.split(grad_flat, sizes)):
         p.grad = g.view_as(p).to(p.dtype)  # a bad step is skipped by the optimizer, on the device
     finite = torch.isfinite(grad_flat).all().float().reshape(1)

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from atomica_ray.tasks import get_task
+from atomica_ray.tasks import task_for
 from atomica_ray.train.config import TrainConfig
 
 DEFAULT_STORAGE = "~/atomica-ray-runs"
@@ -22,9 +22,13 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 def resolve_storage_path(path: str | None) -> str:
-    """URIs (s3://, gs://, ...) pass through; local paths become absolute (Ray requires it)."""
+    """URIs (s3://, gs://, ...) pass through (refused if they hold credentials: train/storage.py); local paths become
+    absolute (Ray requires it)."""
+    from atomica_ray.train.storage import check_storage_uri
+
     path = path or DEFAULT_STORAGE
     if "://" in path:
+        check_storage_uri(path)
         return path
     return str(Path(os.path.expanduser(path)).resolve())
 
@@ -37,6 +41,25 @@ def check_inputs(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value and "://" not in value and not os.path.exists(value):
             raise FileNotFoundError(f"config: key {key!r}: {value} does not exist")
+    check_list_labels(cfg)
+
+
+def check_list_labels(cfg: TrainConfig) -> None:
+    """Tasks with list-valued labels: every item of the local train / valid sets has its labels, of the width the
+    config says (a DataError naming file, item and field, before any worker starts)."""
+    from atomica_ray.tasks import get_task
+
+    task = get_task(cfg.task)
+    if task.label_kind == "scalar":
+        return
+    from atomica_ray.data.loader import LIST_LABELS_OF_KIND, check_list_labels as check, open_dataset
+
+    kind = task.data_kind(cfg)
+    for key in ("train_set", "valid_set"):
+        path = getattr(cfg, key)
+        if path and "://" not in path:
+            ds = open_dataset(path, cfg.allow_pickle, cfg.fragmentation_method, LIST_LABELS_OF_KIND[kind])
+            check(ds, kind, cfg.num_classifier_classes)
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -61,21 +84,30 @@ def build_trainer(cfg: TrainConfig, run_name: str, storage_path: str | None = No
     from atomica_ray.train.loop import train_loop_per_worker
 
     cfg = absolute_paths(cfg)
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     score = task.selection_metric if cfg.valid_set else None
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
+    # Elastic (--num-workers MIN:MAX): Ray starts with as many workers as the cluster has room for, restarts the
+    # group smaller when a node goes and larger when room appears (checked every resize_interval_s); each restart
+    # resumes from the latest checkpoint, and the loop keeps the global batch (train/loop.py).
+    workers = (cfg.num_workers, cfg.max_workers) if cfg.elastic else cfg.num_workers
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker=resources,
+                                               elastic_resize_monitor_interval_s=cfg.resize_interval_s),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=resolve_storage_path(storage_path),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            # A preempted node (a drain with reason PREEMPTION: spot reclaim, autoscaler) costs a restart counted
+            # against max_preemptions, not max_failures. The loop writes a just-in-time checkpoint when Ray reports
+            # the drain. Collectives are not relaxed: the loop's own all-reduces need every rank anyway.
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
+                                                   max_preemption_failures=cfg.max_preemptions),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.save_topk if cfg.save_topk > 0 else None,
                 checkpoint_score_attribute=score,

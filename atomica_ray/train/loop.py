@@ -1,7 +1,7 @@
 """The one training loop: `train_loop_per_worker(config)`, run by every Ray Train worker for every task.
 
-Per epoch: train on this rank's batches (gradient accumulation, autocast, one all-reduce per optimizer step that
-also agrees on skipped steps), validate on the whole validation set (records gathered from all ranks, so every
+Per epoch: train on this rank's share of each optimizer step's batches (autocast, one all-reduce per optimizer step
+that also agrees on skipped steps), validate on the whole validation set (records gathered from all ranks, so every
 rank computes the same metrics and takes the same early-stopping decision), then every rank calls
 `ray.train.report` with the metrics and rank 0's checkpoint. With `report_every_steps`, reports (and
 checkpoints, with the batch position) also happen inside an epoch.
@@ -9,11 +9,21 @@ checkpoints, with the batch position) also happen inside an epoch.
 Resuming: `ray.train.get_checkpoint()` (a worker-group restart under FailureConfig, or a relaunch with the same
 storage path and name) restores everything, so the run continues at the next batch as if nothing happened.
 `init_checkpoint` starts a new run from another run's checkpoint, with this config's hyperparameters.
+
+Elastic runs and preemption: an optimizer step is always `micro_batches_per_step` consecutive batches of the
+epoch's one batch sequence (data/batching.py), dealt to however many workers there are now; each worker scales its
+losses by 1/(batches in the step) and the all-reduce sums, so the step's gradient is the mean over the same
+batches whatever the world size (fewer workers accumulate more). The position saved in a checkpoint is a batch
+index of that sequence, so a group restarted smaller or larger goes on with the next unseen batch. When Ray reports
+that a node of the run is being drained (spot reclaim; `get_preemption_info`), the workers write a just-in-time
+checkpoint at once and train on until the node goes; Ray restarts the group from it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import math
 import os
 import signal
@@ -27,17 +37,18 @@ import numpy as np
 import torch
 
 from atomica_ray.data.collate import to_device
-from atomica_ray.models.cuda_graphs import capture_stats, enable_cuda_graphs
-from atomica_ray.tasks import get_task
+from atomica_ray.models.kernels.cuda_graphs import capture_stats, enable_cuda_graphs
+from atomica_ray.tasks import task_for
 from atomica_ray.tasks.spec import Task, encoder_kwargs
 from atomica_ray.train import dist
 from atomica_ray.train.checkpoint import (
-    TrainState, model_files, read_history, read_train_state, rng_state, set_rng_state, write_checkpoint,
+    HISTORY_FILE, TrainState, model_files, read_history, read_train_state, rng_state, set_rng_state, write_checkpoint,
 )
 from atomica_ray.train.config import ATOMICA_SEED, TrainConfig
 from atomica_ray.train.ema import EMA
 from atomica_ray.train.logging import RunLogger
 from atomica_ray.train.schedule import apply_hparams, build_optimizer, lr_at
+from atomica_ray.train.storage import RunStorage
 
 PRETRAIN_TASKS = ("pretrain_torsion", "pretrain_gaussian", "pretrain_torsion_masking", "masking")
 
@@ -54,12 +65,13 @@ def seed_all(seed: int) -> None:
 
 def build_model(cfg: TrainConfig, task: Task) -> torch.nn.Module:
     """A fresh model, or ATOMICA pretrained weights moved into the task's model class (fine-tuning)."""
-    from atomica_ray.models import create_model, load_atomica
+    from atomica_ray.models import ATOMICA_BEHAVIOUR, create_model, load_atomica
 
+    numerics = ATOMICA_BEHAVIOUR if cfg.atomica_numerics else {}
     if cfg.pretrain_config:
         return load_atomica(cfg.pretrain_config, cfg.pretrain_weights, model_type=task.model_class,
-                            partial_finetune=cfg.partial_finetune, **finetune_overrides(cfg, task))
-    return create_model(task.name, **encoder_kwargs(cfg), **task.model_kwargs(cfg))
+                            partial_finetune=cfg.partial_finetune, **finetune_overrides(cfg, task), **numerics)
+    return create_model(task.name, **encoder_kwargs(cfg), **task.model_kwargs(cfg), **numerics)
 
 
 def finetune_overrides(cfg: TrainConfig, task: Task) -> dict:
@@ -87,6 +99,8 @@ def data_spec(cfg: TrainConfig, task: Task, path: str, train: bool):
         atom_noise=cfg.atom_noise or None, translation_noise=cfg.translation_noise or None,
         rotation_noise=cfg.rotation_noise or None, max_rotation=cfg.max_rotation,
         torsion_noise=cfg.torsion_noise or None, mask_proportion=cfg.mask_proportion or None,
+        num_classes=cfg.num_classifier_classes, random_block_sampling=train and cfg.random_block_sampling,
+        block_sampling_p_keep=cfg.block_sampling_p_keep, block_sampling_p_none=cfg.block_sampling_p_none,
     )
 
 
@@ -135,8 +149,9 @@ class WorkerRun:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.name = ctx.get_experiment_name()
         self.device = ray.train.torch.get_device()
-        self.task = get_task(cfg.task)
+        self.task = task_for(cfg)  # with the selection metric this config asks for
         self.run_dir = local_run_dir(self.name)
+        self.storage = RunStorage()
 
         resume = ray.train.get_checkpoint()
         donor = None if resume is not None else cfg.init_checkpoint
@@ -152,6 +167,7 @@ class WorkerRun:
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.state = TrainState(patience_left=cfg.patience_epochs)
         self.pending = None  # the last optimizer step's device flags and log values, settled one step later
+        self.preemption_saved = False  # a just-in-time checkpoint was written by this worker group
         self.window, self.last_loss = [0.0, 0.0], float("nan")
         history: list[dict] = []
 
@@ -174,9 +190,17 @@ class WorkerRun:
         for spec in (self.train_spec, self.valid_spec):  # before epoch 0, not inside its first batch
             if spec is not None:
                 prepare_tables(spec)
+        if self.task.prepare is not None:  # state from the training labels (e.g. weighted_loss), every start
+            from atomica_ray.data.loader import LIST_LABELS_OF_KIND, open_dataset
+
+            train = open_dataset(cfg.train_set, cfg.allow_pickle, cfg.fragmentation_method,
+                                 LIST_LABELS_OF_KIND.get(self.train_spec.kind, "auto"))
+            self.task.prepare(self.model, cfg, train)
         if self.state.total_steps == 0:
-            n0 = len(self._train_loader(epoch=0, start_batch=0))
-            self.state.total_steps = cfg.max_epoch * math.ceil(n0 / cfg.grad_accum)
+            n0 = self._train_loader(epoch=0, start_batch=0).n_batches
+            self.state.total_steps = cfg.max_epoch * math.ceil(n0 / cfg.micro_batches_per_step)
+        # test hook: the holds not yet done by an earlier attempt (decided now, alike on every rank)
+        self.holds = {s for s in cfg.hold_at_steps if not (self.run_dir / f".held_at_step_{s}").exists()}
         self.logger = RunLogger(cfg, self.run_dir, self.name, enabled=self.rank == 0, history=history,
                                 wandb_id=self.state.wandb_id)
         self.state.wandb_id = self.logger.wandb_id
@@ -217,12 +241,15 @@ class WorkerRun:
             seed_all(self.cfg.seed + 1000 * self.rank + self.state.global_step)
         return read_history(path)
 
-    def _report(self, metrics: dict, checkpoint_name: str) -> None:
-        """Every rank calls this with the same cadence: `ray.train.report` is a barrier."""
+    def _report(self, metrics: dict, checkpoint_name: str, wait_for_upload: bool = False) -> None:
+        """Every rank calls this with the same cadence: `ray.train.report` is a barrier. `wait_for_upload`: return
+        only once the checkpoint is in storage (a just-in-time checkpoint must be there before the node goes)."""
         import ray.train
 
         rngs = dist.gather_objects(rng_state())  # collective: every rank's RNG goes into rank 0's checkpoint
         self.logger.log_report(metrics)
+        if self.rank == 0 and not self.storage.is_local:  # object storage: the history next to the checkpoints too
+            self.storage.write_text(HISTORY_FILE, "".join(json.dumps(row) + "\n" for row in self.logger.history))
         key = self.task.selection_metric
         value = metrics.get(key)
         if self.valid_spec is not None and not (isinstance(value, float) and math.isfinite(value)):
@@ -234,14 +261,16 @@ class WorkerRun:
             from atomica_ray.models import save_atomica
 
             tmp = tempfile.mkdtemp(prefix="atomica-ckpt-")
-            write_checkpoint(Path(tmp), model=self.model, save_atomica=save_atomica, optimizer=self.optimizer,
+            save = functools.partial(save_atomica, strict=self.cfg.atomica_strict)
+            write_checkpoint(Path(tmp), model=self.model, save_atomica=save, optimizer=self.optimizer,
                              scaler=self.scaler, ema=self.ema, state=self.state, rng_states=rngs,
                              history=self.logger.history, config=self.cfg.to_dict())
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         # Ray copies the checkpoint to storage in a background thread while training goes on, then deletes `tmp`;
         # the run's end waits for the last copy.
+        mode = ray.train.CheckpointUploadMode.SYNC if wait_for_upload else ray.train.CheckpointUploadMode.ASYNC
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name,
-                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+                         checkpoint_upload_mode=mode)
 
     # -- data --
 
@@ -249,7 +278,8 @@ class WorkerRun:
         from atomica_ray.data import make_loader
 
         return make_loader(self.train_spec, seed=self.cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world,
-                           start_batch=start_batch, shuffle=self.cfg.shuffle, num_workers=self.cfg.loader_workers,
+                           start_batch=start_batch, per_step=self.cfg.micro_batches_per_step,
+                           shuffle=self.cfg.shuffle, num_workers=self.cfg.loader_workers,
                            pin_memory=self.device.type == "cuda")
 
     # -- training --
@@ -264,29 +294,32 @@ class WorkerRun:
     def train_epoch(self) -> None:
         cfg, st = self.cfg, self.state
         self.epoch_start = time.perf_counter()
-        loader = self._train_loader(st.epoch, st.batch)
-        n, accum = len(loader), cfg.grad_accum
+        loader = self._train_loader(st.epoch, st.batch)  # this rank's share of the epoch, from batch st.batch on
+        n = loader.n_batches  # of the whole epoch, over all ranks
         bar = self.logger.progress(n, st.batch, f"epoch {st.epoch}")
         group = defaultdict(float)  # oom / nonfinite / loss_sum / loss_count of the current optimizer step
         self.window = [0.0, 0.0]  # loss sum and count of the settled steps since the last report
         self.model.train()
-        for b, batch in enumerate(loader, start=st.batch):
-            group_size = min(accum, n - (b // accum) * accum)
-            if not group["oom"]:  # a doomed step needs no more compute
-                self._micro_step(batch, 1.0 / group_size, group)
-            if (b + 1) % accum and b + 1 < n:
-                continue
+        # `size` batches over all ranks make the step (the global batch, whatever the world size): each loss is
+        # scaled by 1/size and the all-reduce sums, so the step's gradient is the mean over those batches
+        for size, batches in loader.steps():
+            for batch in batches:
+                if not group["oom"]:  # a doomed step needs no more compute
+                    self._micro_step(batch, 1.0 / size, group)
             self._optimizer_step(group)
             group.clear()
-            st.batch = b + 1
+            st.batch += size
             if bar is not None:  # the loss shown is the previous step's (settled without waiting)
-                bar.update(b + 1 - bar.n)
+                bar.update(st.batch - bar.n)
                 bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.lr:.2e}", refresh=False)
-            if cfg.report_every_steps and st.global_step % cfg.report_every_steps == 0 and b + 1 < n:
+            if cfg.report_every_steps and st.global_step % cfg.report_every_steps == 0 and st.batch < n:
                 self._report(self._train_metrics(),
                              f"checkpoint_epoch{st.epoch:04d}_step{st.global_step:08d}")
                 self.window = [0.0, 0.0]
+            if st.global_step % cfg.preemption_check_steps == 0:
+                self._check_preemption()
             self._maybe_crash()
+            self._maybe_hold()
         if bar is not None:
             bar.close()
         self.end_of_epoch()
@@ -379,6 +412,39 @@ class WorkerRun:
             if self.rank == 0:
                 self.logger.log_step(step + 1, {"loss": self.last_loss, "lr": lr, "grad_norm": grad_norm})
 
+    def _check_preemption(self) -> None:
+        """Once Ray reports that a node of this run is being drained (spot reclaim, autoscaler), write a
+        just-in-time checkpoint with the data position, waiting for its upload, then train on until the node goes:
+        Ray then restarts the group from it (counted against max_preemptions, not max_failures)."""
+        import ray.train
+
+        if self.preemption_saved:
+            return
+        info = ray.train.get_preemption_info()  # a barrier: every rank asks at the same steps; rank 0's answer
+        if info is None:
+            return
+        st = self.state
+        self.preemption_saved = True
+        st.preemptions += 1
+        metrics = {**self._train_metrics(), "preempted_ranks": info.preempted_ranks}
+        self._report(metrics, f"checkpoint_epoch{st.epoch:04d}_step{st.global_step:08d}_preempted",
+                     wait_for_upload=True)
+        self.window = [0.0, 0.0]
+
+    def _maybe_hold(self) -> None:
+        """Test hook (hold_at_steps): after optimizer step N, once per run, wait up to 10 minutes, asking Ray about
+        preemption every 0.5 s, so that a test can remove, add or drain a node while the run is mid-epoch."""
+        step = self.state.global_step
+        if step not in self.holds:
+            return
+        self.holds.discard(step)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / f".held_at_step_{step}").write_text(str(self.world))
+        for _ in range(1200):  # the same count on every rank: each check is a barrier
+            time.sleep(0.5)
+            self._check_preemption()
+
     def _maybe_crash(self) -> None:
         """Test hook: a real process death of rank 0 after optimizer step `crash_at_step`, once per run."""
         if self.cfg.crash_at_step != self.state.global_step or self.rank != 0:
@@ -399,7 +465,7 @@ class WorkerRun:
             "epoch": st.epoch, "global_step": st.global_step, "batch": st.batch,
             "train_loss": window[0] / window[1] if window[1] else float("nan"),
             "lr": getattr(self, "lr", self.cfg.lr), "skipped_oom": st.skipped_oom,
-            "skipped_nonfinite": st.skipped_nonfinite,
+            "skipped_nonfinite": st.skipped_nonfinite, "workers": self.world, "preemptions": st.preemptions,
         }
         if self.cfg.cuda_graphs and self.device.type == "cuda":  # captures so far: new size buckets cost time
             metrics["graph_captures"], metrics["graph_capture_s"] = capture_stats(self.model)

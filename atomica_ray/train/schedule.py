@@ -21,12 +21,23 @@ import torch
 from atomica_ray.train.config import TrainConfig
 
 
+def param_groups(params) -> list[dict]:
+    """Parameters marked `_no_weight_decay = True` (ATOMICA marks its long-range edge gate so) in a group of their
+    own that `apply_hparams` never decays; without any, one group (the optimizer state of older checkpoints)."""
+    params = list(params)
+    exempt = [p for p in params if getattr(p, "_no_weight_decay", False)]
+    if not exempt:
+        return [{"params": params}]
+    return [{"params": [p for p in params if not getattr(p, "_no_weight_decay", False)]},
+            {"params": exempt, "weight_decay": 0.0, "no_weight_decay": True}]
+
+
 def build_optimizer(params, cfg: TrainConfig, default: str) -> torch.optim.Optimizer:
     kind = cfg.optimizer or default
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
     # fused: one kernel per step, and it can skip a bad step on the device (`found_inf`), so the loop need not wait
     # for the GPU to decide
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return cls(param_groups(params), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def lr_at(step: int, cfg: TrainConfig, kind: str, total_steps: int) -> float:
@@ -46,7 +57,8 @@ def lr_at(step: int, cfg: TrainConfig, kind: str, total_steps: int) -> float:
 
 
 def apply_hparams(optimizer: torch.optim.Optimizer, cfg: TrainConfig, lr: float) -> None:
-    """Put this config's lr and weight decay on every parameter group (also after loading a donor's state)."""
+    """Put this config's lr and weight decay on every parameter group (also after loading a donor's state); the
+    `_no_weight_decay` group keeps 0."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-        group["weight_decay"] = cfg.weight_decay
+        group["weight_decay"] = 0.0 if group.get("no_weight_decay") else cfg.weight_decay

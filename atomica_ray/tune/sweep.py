@@ -160,7 +160,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         port = s.getsockname()[1]
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    ray.init(address="local", num_cpus=num_cpus)
+    with socket.socket() as s:  # not Ray's default 8265: a `ray start --head` on this machine serves jobs there
+        s.bind(("127.0.0.1", 0))
+        dashboard_port = s.getsockname()[1]
+    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
 
 
 def stop_ray() -> None:
@@ -273,9 +276,20 @@ def make_searcher(settings: SweepSettings, concurrency: int):
     return BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrency)
 
 
+def keep_credentials_out_of_trial_env() -> None:
+    """Ray Tune copies the driver's AWS_* credentials into every trial actor's runtime env, and Ray's runtime-env
+    agent writes that env to its log (session logs, runtime_env_agent.log): drop them. A trial, like a Train
+    worker, reads credentials from its node (the environment it inherits, an instance role, ~/.aws)."""
+    from ray.tune.execution import class_cache
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
+        class_cache.ENV_VARS_TO_PROPAGATE.discard(name)
+
+
 def build_tuner(settings: SweepSettings, concurrency: int):
     from ray import tune
 
+    keep_credentials_out_of_trial_env()
     space = settings.search_space()
     tune_config = tune.TuneConfig(
         metric=settings.metric, mode=settings.mode, num_samples=settings.num_samples,
@@ -293,7 +307,7 @@ def resolve_settings(base_config: dict, space: SearchSpace, *, name: str, storag
                      scheduler: str, search: str, gpus_per_trial: float, workers_per_trial: int,
                      max_concurrent: int | None, seed: int) -> SweepSettings:
     """Validate everything that can be checked before Ray starts; returns the settings of a new sweep."""
-    from atomica_ray.tasks import get_task
+    from atomica_ray.tasks import task_for
     from atomica_ray.train.config import TrainConfig
     from atomica_ray.train.launch import absolute_paths, check_inputs
 
@@ -302,14 +316,15 @@ def resolve_settings(base_config: dict, space: SearchSpace, *, name: str, storag
     space.validate_keys(TrainConfig.field_types())
     check_workers(workers_per_trial, gpus_per_trial)
     cfg = TrainConfig.from_dict(base_config, source="run config")
-    # one report per epoch: the schedulers count epochs in training iterations
-    cfg = cfg.replace(num_workers=workers_per_trial, use_gpu=bool(gpus_per_trial), report_every_steps=0,
-                      progress_bar=False)
+    # one report per epoch: the schedulers count epochs in training iterations; a trial holds a fixed worker group
+    # (max_workers None): concurrency is derived from its size
+    cfg = cfg.replace(num_workers=workers_per_trial, max_workers=None, use_gpu=bool(gpus_per_trial),
+                      report_every_steps=0, progress_bar=False)
     if scheduler == "pbt":
         cfg = cfg.replace(save_topk=-1)  # a donor's checkpoint must outlive later, better ones
     check_inputs(cfg)
     cfg = absolute_paths(cfg)  # trial drivers run in their own directories
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     if space.tasks and cfg.task not in space.tasks:
         raise SpaceError(f"{space.path}: task: the space is for {', '.join(space.tasks)}, the run config trains "
                          f"{cfg.task}")
@@ -403,6 +418,7 @@ def resume_sweep(experiment_dir: str):
     if not tune.Tuner.can_restore(experiment_dir):
         raise FileNotFoundError(f"{experiment_dir}: no Tune experiment state to resume from")
     concurrency_for(settings)  # the cluster must still hold one trial
+    keep_credentials_out_of_trial_env()
     trainable = make_trainable(settings.base_config, settings.train_storage)
     tuner = tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     return settings, tuner.fit()

@@ -26,11 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs: the torch path is used
-    triton = None
+from .triton_common import TL_DTYPES, edge_tile, precision, runnable, tl, triton
 
 EDGE_TILE = 32  # edges per program
 NUM_WARPS = 4  # forward
@@ -39,31 +35,17 @@ NUM_WARPS_BWD = 8
 
 
 def usable(x: torch.Tensor) -> bool:
-    return triton is not None and (x.is_cuda or _interpreting())
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 operands follow torch's TF32 switch, as cuBLAS does for the same matmul
-    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return runnable(x)
 
 
 if triton is not None:
-    _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
     @triton.jit
     def _group_tiles(y_ptr, cg_ptr, E, stride_ye, I: tl.constexpr, J: tl.constexpr, Q: tl.constexpr,
                      IP: tl.constexpr, JP: tl.constexpr, QP: tl.constexpr, BE: tl.constexpr, DTYPE: tl.constexpr):
         """This program's edges, the index ranges, y [BE, JP] (fp32) and cg [IP JP, QP] (DTYPE), zero-padded: cg's
         row i JP + j is row i J + j of the unpadded [I J, Q] table."""
-        e = tl.program_id(0) * BE + tl.arange(0, BE)  # [BE]
-        e_ok = e < E
-        e64 = e.to(tl.int64)
+        e64, e_ok = edge_tile(E, BE)  # [BE]
         i = tl.arange(0, IP)
         j = tl.arange(0, JP)
         q = tl.arange(0, QP)
@@ -183,7 +165,7 @@ def _dims(g: ProjectionGroup, j: int, dtype: torch.dtype) -> dict:
     # tl.dot needs every dimension >= 16: J and Q are padded to at least 16 (IP JP >= 16 then)
     return dict(U=g.rows, I=g.dim, J=j, Q=g.width, IP=triton.next_power_of_2(g.dim),
                 JP=max(16, triton.next_power_of_2(j)), QP=max(16, triton.next_power_of_2(g.width)), BE=EDGE_TILE,
-                DTYPE=_TL_DTYPES[dtype], PRECISION=_precision(dtype))
+                DTYPE=TL_DTYPES[dtype], PRECISION=precision(dtype))
 
 
 def forward(x, y, cols, cg, g: ProjectionGroup, out: torch.Tensor, dtype: torch.dtype) -> None:

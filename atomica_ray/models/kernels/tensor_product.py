@@ -1,4 +1,6 @@
-"""e3nn's fully connected tensor product with per-edge weights, computed as one batched matmul per output irrep.
+"""The public operation of this package: e3nn's fully connected tensor product with per-edge weights
+(`StackedTensorProduct`), the switch that picks its backend (BACKEND, `set_backend`), and its torch path, computed as
+one batched matmul per output irrep.
 
 For a path p = (input irrep l1 with multiplicity U, spherical harmonic l2, output irrep lo with multiplicity W)
 e3nn computes (TensorProduct, 'uvw' connection, 'component' / 'element' normalisation)
@@ -11,33 +13,36 @@ out_o[e] = weight_o[e]^T @ T_o[e], a [W, sum U] x [sum U, 2lo+1] matmul per edge
 the rows of a Linear layer permuted (and scaled by a_p) once per call into that stacked order, one Linear per
 output irrep. T is computed with one matmul per input l1: the outer product of all l1 inputs with all spherical
 harmonics times a (block-sparse) matrix of every C(l1 . .) needed. On the Triton kernels' path neither T_o nor
-the permuted Linear is made: the kernels find both through a row table (`StackedTensorProduct._plan_kernels`).
+the permuted Linear is made: the kernels find both through a group table (`StackedTensorProduct._plan_kernels`).
 
 e3nn runs one einsum per path on strided weight slices; this does a handful of matmuls. It is the same function
 (up to float rounding), which tests/test_models_properties.py checks against e3nn. The per-edge weights are never
 held whole (`EdgeWeightedContraction`); in bf16 on a GPU, Triton kernels make them in registers
-(fused_contraction.py), and the per-l1 projections are Triton kernels too (fused_projection.py).
+(fused_contraction.py), and the per-l1 projections are Triton kernels too (fused_projection.py); the libraries'
+backends (libraries.py) take them whole.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
 from e3nn import o3
 from torch import nn
 
-from . import fused_contraction, fused_projection
+from . import fused_contraction, fused_projection, libraries
 
 
 class KernelBlock(NamedTuple):
-    """An output irrep with paths, for the kernels: W, 2lo+1, its first column in the output, and its rows
-    [row0, row1) of `StackedTensorProduct.t_rows` (S = row1 - row0)."""
+    """An output irrep with paths, for the kernels: W, 2lo+1, its first column in the output, its groups
+    [group0, group1) of `StackedTensorProduct.t_groups` and the rows of T per group (UT)."""
     mul: int
     dim: int
     column: int
-    row0: int
-    row1: int
+    group0: int
+    group1: int
+    ut: int
 
 
 class KernelPlan(NamedTuple):
@@ -56,6 +61,9 @@ class StackedTensorProduct(nn.Module):
         if any(mul != 1 for mul, _ in irreps2):
             raise ValueError("the second input must have multiplicity 1 (spherical harmonics)")
         self.in1 = [(mul, ir.l) for mul, ir in irreps1]
+        # what the libraries' backends need to build the same tensor product (libraries.py)
+        self.irreps = libraries.Spec(str(irreps1), str(irreps2), str(irreps_out),
+                                     tuple((i.i_in1, i.i_in2, i.i_out, i.path_weight) for i in tp.instructions))
         self.out_blocks = [(mul, ir.dim) for mul, ir in irreps_out]
         y_start = [s.start for s in irreps2.slices()]
 
@@ -110,8 +118,10 @@ class StackedTensorProduct(nn.Module):
         group ("group-major": each group's block is its matmul's contiguous result and its gradient a view). Row u
         of T_o for edge e is at element start * E + e * U_l1 Q_l1 + (row of u in the group) Q_l1 + (column of
         (i2, lo)). w_o[e, u, :] = a_p (hidden[e] @ weight[r:r + W]^T + bias[r:r + W]) with r the Linear row (e3nn
-        order) of the path's (u, 0). Buffers: `t_rows` = (start, U_l1 Q_l1, row Q_l1 + column, r) and `t_scale` =
-        a_p per row of every T_o, blocks with paths one after another ([sum over blocks S_o, 4] int32, [.] fp32)."""
+        order) of the path's (u, 0), r = r_p + u W. The kernels take T_o's rows in groups of UT consecutive rows of
+        one path (`fused_contraction.group_rows`): their Linear rows are one slab [r, r + UT W). Buffers:
+        `t_groups` = (start, U_l1 Q_l1, row Q_l1 + column of the group's first row, Q_l1, r) and `t_scale` = a_p
+        per group, blocks with paths one after another ([sum over blocks G_o, 5] int32, [.] fp32)."""
         place = {}  # (input irrep, second input irrep, lo) -> (start, stride, first row's element in the edge's group)
         used = {}  # per group start: how many blocks read each element of an edge's group [U_l1 Q_l1]
         start = 0
@@ -131,45 +141,59 @@ class StackedTensorProduct(nn.Module):
             used[start] = torch.zeros(u, q, dtype=torch.long)
             start += u * q
         self.proj_numel_per_edge = start
-        rows, scales = [], []
-        for paths, weights, (mul_out, _) in zip(self.paths, path_weights, self.out_blocks):
+        groups, scales, blocks, column = [], [], [], 0
+        for paths, weights, (mul_out, dim_out) in zip(self.paths, path_weights, self.out_blocks):
+            ut = fused_contraction.group_rows(mul_out, [self.in1[i1][0] for i1, _, _ in paths])
+            first = len(groups)
             for (i1, i2, lo), (linear_row, a_p) in zip(paths, weights):
-                p_start, stride, first = place[(i1, i2, lo)]
+                p_start, stride, first_element = place[(i1, i2, lo)]
                 q = stride // used[p_start].shape[0]
                 for u in range(self.in1[i1][0]):
-                    rows.append((p_start, stride, first + u * q, linear_row + u * mul_out))
+                    used[p_start].view(-1)[first_element + u * q:first_element + u * q + 2 * lo + 1] += 1
+                for u in range(0, self.in1[i1][0], max(ut, 1)):
+                    groups.append((p_start, stride, first_element + u * q, q, linear_row + u * mul_out))
                     scales.append(a_p)
-                    used[p_start].view(-1)[first + u * q:first + u * q + 2 * lo + 1] += 1
+            if paths:
+                blocks.append(KernelBlock(mul_out, dim_out, column, first, len(groups), ut))
+            column += mul_out * dim_out
         counts = torch.cat([c.view(-1) for c in used.values()]) if used else torch.zeros(0, dtype=torch.long)
         # Each (i1, i2, lo) feeds the one output irrep of degree lo and parity p1 p2, so the kernels write dL/dT
         # into the gradient buffer rather than add to it. An irreps_out with a repeated irrep (two readers of one
-        # element) breaks that: such a tensor product keeps the concatenating path.
-        self.kernel_layout_ok = bool((counts <= 1).all())
-        self.register_buffer("t_rows", torch.tensor(rows, dtype=torch.int32).view(-1, 4), persistent=False)
+        # element) breaks that, as does a block whose groups cannot be formed (ut = 0) or an output with l > 2:
+        # such a tensor product keeps the torch path.
+        self.kernel_layout_ok = (bool((counts <= 1).all()) and all(b.ut > 0 and b.dim <= 5 for b in blocks)
+                                 and bool(blocks))
+        self.register_buffer("t_groups", torch.tensor(groups, dtype=torch.int32).view(-1, 5), persistent=False)
         self.register_buffer("t_scale", torch.tensor(scales, dtype=torch.float32), persistent=False)
-        blocks, column, row = [], 0, 0
-        for (mul, dim), paths, n_rows in zip(self.out_blocks, self.paths, self.block_rows):
-            if paths:
-                blocks.append(KernelBlock(mul, dim, column, row, row + n_rows // mul))
-                row += n_rows // mul
-            column += mul * dim
         # elements read by no block (a path missing for one member of a group) get a zero gradient
         self.kernel_plan = KernelPlan(blocks, column, zero_grad=not bool((counts == 1).all()))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-        """TP(x, y) with per-edge weights `linear(hidden)`.
+        """TP(x, y) with per-edge weights `linear(hidden)`, by the backend `BACKEND` picks for these tensors.
 
         x [E, irreps_in1.dim], y [E, irreps_in2.dim], hidden [E, linear.in_features] -> [E, irreps_out.dim]."""
-        if self._kernels_apply(hidden):
+        backend = self.backend_for(hidden)
+        if backend == "triton":
             if USE_FUSED_PROJECTION and fused_projection.usable(x):
                 proj = fused_projection.FusedProjection.apply(x, y, self.projection, True)
             else:
                 flat = [p.reshape(-1) for p in self._project(x, y)]
                 proj = flat[0] if len(flat) == 1 else torch.cat(flat)
             # proj: [E * sum over groups U_l1 Q_l1], group-major
-            return FusedEdgeWeightedContraction.apply(hidden, linear.weight, linear.bias, proj, self.t_rows,
+            return FusedEdgeWeightedContraction.apply(hidden, linear.weight, linear.bias, proj, self.t_groups,
                                                       self.t_scale, self.kernel_plan)
+        if backend in libraries.LIBRARIES:
+            return libraries.tensor_product(backend, self.irreps, x, y, linear(hidden))
         return self._contract_stacked(self._project(x, y), hidden, linear)  # per l1 group [E, U_l1, Q_l1]
+
+    def backend_for(self, hidden: torch.Tensor) -> str:
+        """The backend that runs for these per-edge features: `BACKEND` where it applies, else the next one down
+        (library -> auto; triton -> torch; auto: triton in FUSED_DTYPES, else torch)."""
+        if BACKEND in libraries.LIBRARIES and libraries.applies(BACKEND, self.irreps, hidden):
+            return BACKEND
+        if BACKEND != "torch" and self._kernels_apply(hidden, BACKEND == "triton"):
+            return "triton"
+        return "torch"
 
     def _project(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """T of every path, as one [E, U_l1, Q_l1] tensor per input degree l1: the outer product of the group's
@@ -211,17 +235,48 @@ class StackedTensorProduct(nn.Module):
             parts.append(next(it) if paths else out.new_zeros(e, mul_out * dim_out))
         return torch.cat(parts, dim=1)
 
-    def _kernels_apply(self, hidden: torch.Tensor) -> bool:
-        # Measured on an H100 (benchmarks/RESULTS.md): the kernels win in bf16, but lose to cuBLAS in TF32 and fp32
-        return (USE_FUSED and hidden.dtype in FUSED_DTYPES and self.kernel_layout_ok and any(self.paths)
-                and all(fused_contraction.usable(hidden, mul) for (mul, _), p in zip(self.out_blocks, self.paths) if p))
+    def _kernels_apply(self, hidden: torch.Tensor, any_dtype: bool = False) -> bool:
+        # Measured on an H100 (benchmarks/RESULTS.md, issue 7): the kernels win in bf16, but lost to cuBLAS in TF32
+        # and fp32; the group kernels of issue 18 were not measured in TF32 ("auto" keeps cuBLAS there)
+        return ((any_dtype or hidden.dtype in FUSED_DTYPES) and self.kernel_layout_ok
+                and all(fused_contraction.usable(hidden, b.mul) for b in self.kernel_plan.blocks))
 
 
 # Elements of per-edge weights (or their gradients) held at once, per output irrep and chunk of edges: 2**26 =
 # 256 MiB in fp32.
 WEIGHT_CHUNK_ELEMENTS = 1 << 26
-# Triton kernels (fused_contraction.py) where they apply; False forces the cuBLAS path (benchmarks, debugging).
-USE_FUSED = True
+# The backend switch (`set_backend`; environment variable ATOMICA_RAY_TP_BACKEND at import):
+#   "auto"   the Triton kernels (fused_contraction.py) for bf16 / fp16 on a GPU, where they win; else "torch"
+#   "torch"  torch matmuls only (cuBLAS on a GPU; the CPU path; the reference the others are checked against)
+#   "triton" the Triton kernels in every dtype where they apply (GPU, or the CPU in Triton's interpreter)
+#   "cuequivariance", "openequivariance": the libraries' tensor products where installed and applicable
+#            (libraries.py), with the per-edge weights made whole; else "auto"
+BACKENDS = ("auto", "torch", "triton", *libraries.LIBRARIES)
+
+
+def _checked(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown tensor-product backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def backend_from_environment() -> str:
+    """ATOMICA_RAY_TP_BACKEND (unset: "auto"); read once, at import."""
+    return _checked(os.environ.get("ATOMICA_RAY_TP_BACKEND", "auto"))
+
+
+BACKEND = backend_from_environment()
+
+
+def set_backend(name: str) -> None:
+    """Pick the tensor products' backend for every model in this process (see BACKENDS)."""
+    global BACKEND
+    BACKEND = _checked(name)
+
+
+def get_backend() -> str:
+    return BACKEND
+
 # Where the contraction kernels run, the projections too (fused_projection.py); False: torch's outer @ cg.
 USE_FUSED_PROJECTION = True
 # dL/dhidden inside the backward kernels (one [32, W] x [W, H] dot per row of T) or, False, as one cuBLAS matmul
@@ -301,7 +356,7 @@ class FusedEdgeWeightedContraction(torch.autograd.Function):
     """`EdgeWeightedContraction` by the Triton kernels of fused_contraction.py (GPU, bf16 / fp16 in training):
     w is never stored, dL/dw is stored once (chunks of FUSED_GRAD_CHUNK_ELEMENTS, usually the whole batch). Nor is
     any t_o or permuted copy of the Linear made: the kernels read T_o's rows from the projection buffer `proj`
-    (group-major) and the Linear's rows in e3nn's order where `t_rows` says, scale by `t_scale` (see
+    (group-major) and the Linear's rows in e3nn's order where `t_groups` says, scale by `t_scale` (see
     `StackedTensorProduct._plan_kernels`), write each block into its columns of the output, dL/dT into the same
     places of one gradient buffer and dL/dw in the Linear's row order, so that one matmul gives the Linear's
     weight and bias gradients.
@@ -310,23 +365,25 @@ class FusedEdgeWeightedContraction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, proj, t_rows, t_scale, plan: KernelPlan):
+    def forward(ctx, hidden, weight, bias, proj, t_groups, t_scale, plan: KernelPlan):
         dtype, out_dtype = _compute_dtypes(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
             e = hidden.shape[0]
             make = torch.empty if plan.out_dim == sum(b.mul * b.dim for b in plan.blocks) else torch.zeros
             out = make((e, plan.out_dim), dtype=out_dtype, device=hidden.device)  # blocks without paths stay 0
             wt, bs = weight.to(dtype), bias.to(dtype)
-            for b in plan.blocks:
-                fused_contraction.forward(hidden, wt, bs, proj, t_rows[b.row0:b.row1], t_scale[b.row0:b.row1],
-                                          b.mul, b.dim, out[:, b.column:b.column + b.mul * b.dim])
+            if e > 0:
+                for b in plan.blocks:
+                    fused_contraction.forward(hidden, wt, bs, proj, t_groups[b.group0:b.group1],
+                                              t_scale[b.group0:b.group1], b.mul, b.dim, b.ut,
+                                              out[:, b.column:b.column + b.mul * b.dim])
         ctx.plan, ctx.compute_dtype, ctx.param_dtypes = plan, dtype, (weight.dtype, bias.dtype)
-        ctx.save_for_backward(hidden, wt, bs, proj, t_rows, t_scale)
+        ctx.save_for_backward(hidden, wt, bs, proj, t_groups, t_scale)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, wt, bs, proj, t_rows, t_scale = ctx.saved_tensors
+        hidden, wt, bs, proj, t_groups, t_scale = ctx.saved_tensors
         plan, dtype = ctx.plan, ctx.compute_dtype
         acc = torch.promote_types(dtype, torch.float32)
         e, n_hidden = hidden.shape
@@ -338,13 +395,13 @@ class FusedEdgeWeightedContraction(torch.autograd.Function):
             grad_proj = (torch.zeros_like if plan.zero_grad else torch.empty_like)(proj)
             h_ones = _with_ones(hidden, dtype)  # [E, H + 8]
             step = max(1, FUSED_GRAD_CHUNK_ELEMENTS // numel)
-            grad_weight_bias = None  # [numel, H + 8]
+            grad_weight_bias = torch.zeros((numel, n_hidden + 8), dtype=acc, device=hidden.device) if e == 0 else None
             for e0 in range(0, e, step):
                 e1 = min(e, e0 + step)
                 gw = torch.empty((e1 - e0, numel), dtype=dtype, device=hidden.device)  # dL/d(Linear output)
                 for i, b in enumerate(plan.blocks):
-                    fused_contraction.backward(hidden[e0:e1], wt, bs, proj, t_rows[b.row0:b.row1],
-                                               t_scale[b.row0:b.row1], b.mul, b.dim,
+                    fused_contraction.backward(hidden[e0:e1], wt, bs, proj, t_groups[b.group0:b.group1],
+                                               t_scale[b.group0:b.group1], b.mul, b.dim, b.ut,
                                                grad_out[e0:e1, b.column:b.column + b.mul * b.dim], grad_proj, gw,
                                                grad_hidden[e0:e1] if KERNEL_HIDDEN_GRAD else None, e0, e,
                                                accumulate=i > 0)

@@ -1,0 +1,40 @@
+"""What both Triton modules (fused_contraction.py, fused_projection.py) need, written once: the optional import,
+when the kernels may run, the dot precision that follows torch's TF32 switch, and the edge tile of a program."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the torch path is used
+    triton = None
+    tl = None
+
+
+def interpreting() -> bool:
+    """Triton's interpreter (numpy on the CPU) is on: the tests run the kernels without a GPU."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def runnable(t: torch.Tensor) -> bool:
+    """Triton imports and `t` is on a CUDA device (or the interpreter is on)."""
+    return triton is not None and (t.is_cuda or interpreting())
+
+
+def precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: fp32 operands follow torch's TF32 switch, as cuBLAS does for the same matmul."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+if triton is not None:
+    TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+    @triton.jit
+    def edge_tile(E, BE: tl.constexpr):
+        """This program's BE edges (int64, so that row offsets of large buffers cannot overflow) and which exist."""
+        e = tl.program_id(0).to(tl.int64) * BE + tl.arange(0, BE)  # [BE]
+        return e, e < E
