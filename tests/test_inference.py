@@ -2,17 +2,15 @@
 
 One module-scoped Ray; tiny models (hidden 8, 2 layers); a demo dataset many block budgets large. Checked: rows
 equal each item's batch-of-one vectors (ATOMICA numerics), a stopped run resumes without recomputing finished
-shards (resumed from another process through `--address`), a run directory's best / latest checkpoint,
-predictions, ATOMICAScore, and the refusals that happen on the driver before Ray starts.
+shards, a run directory's best / latest checkpoint, predictions, ATOMICAScore, and the refusals that happen on the
+driver before Ray starts. Joining a running cluster (RAY_ADDRESS, as `ray job submit` and `--address` do) is
+tests/test_job_submit.py's second job.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,6 @@ from atomica_ray.inference import checkpoints, pipeline
 from atomica_ray.models import ClassifierModel, PredictionModel, load_atomica, save_atomica
 from atomica_ray.models.backbone import set_batch_independent
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(atom_hidden_size=8, block_hidden_size=8, edge_size=8, k_neighbors=4, n_layers=2,
             fragmentation_method="PS_300")
 
@@ -92,16 +89,8 @@ def test_embed_streams_resumes_and_matches_items_alone(ray_local, files, tmp_pat
     finished = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert 1 <= len(finished) < 6 and not (out / "_SUCCESS").exists()
 
-    # resumed by another process that joins this Ray by --address (as a second terminal would)
-    import ray
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("RAY_ADDRESS", None)
-    resumed = subprocess.run([sys.executable, "-m", "atomica_ray.cli.main", *args, "--address",
-                              ray.get_runtime_context().gcs_address], env=env, capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    printed = resumed.stdout
+    assert main(args) == 0
+    printed = capsys.readouterr().out
     done = int(re.search(r"(\d+) done, resuming", printed).group(1))  # a part may land as the first run stops
     assert len(finished) <= done < 6 and f"embed: {12 - 2 * done} items on 1 CPU worker" in printed
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet") if p.name in finished} == finished
