@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("atomica_ray.cli.export", "write a dataset as ATOMICA's .jsonl.gz, .parquet or .pkl items"),
     "inspect": ("atomica_ray.cli.inspect", "print item count, size statistics and labels of a dataset"),
     "train": ("atomica_ray.cli.train", "train one task with Ray Train"),
-    "embed": ("atomica_ray.cli.embed", "write graph / block / atom embeddings to Parquet"),
+    "embed": ("atomica_ray.cli.embed", "write named representations (h/z, atom to interface level) to Parquet"),
     "predict": ("atomica_ray.cli.predict", "write a trained model's predictions to Parquet"),
     "score": ("atomica_ray.cli.score", "ATOMICAScore: rank each residue's importance for its partner"),
     "tune": ("atomica_ray.cli.tune", "run a Ray Tune sweep"),

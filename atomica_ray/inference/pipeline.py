@@ -131,7 +131,8 @@ def add_arguments(parser, output_help: str) -> None:
     model.add_argument("--model_weights", "--model-weights", dest="model_weights", help="ATOMICA weights .pt")
     io = parser.add_argument_group("data and output")
     io.add_argument("--data_path", "--data-path", "--data", dest="data_path",
-                    help="Parquet dataset dir, or an ATOMICA .pkl / .jsonl.gz (converted once into the user cache)")
+                    help="Parquet dataset dir, or an ATOMICA .pkl / .jsonl.gz / .parquet (converted once into the user "
+                         "cache)")
     io.add_argument("--output_path", "--output-path", "--out", dest="output_path", help=output_help)
     io.add_argument("--overwrite", action="store_true", help="replace a complete output / start afresh")
     io.add_argument("--allow_pickle", "--allow-pickle", dest="allow_pickle", action="store_true",
