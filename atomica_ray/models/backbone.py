@@ -216,7 +216,14 @@ class AtomicaBackbone(nn.Module):
         module = self.encoder.encoder
         atom_edges, atom_edge_type = knn_graph(Z, segment_ids[block_id], is_global[block_id], atom_layout,
                                                self.k_neighbors, global_edges=self.bottom_global_message_passing)
-        top_Z = scatter_mean(Z, block_id, nb)  # [Nb, 3] block centroids
+        if self.batch_independent:
+            # Block centroids pick the block-level k-NN edges, where a distance tie between blocks (common in
+            # ideal ligand geometry) is decided by the last bit. CUDA's atomic adds sum a block's atoms in an
+            # order that varies with the batch; summed in float64 and rounded once, every order gives the same
+            # float32 centroid.
+            top_Z = scatter_mean(Z.double(), block_id, nb).to(Z.dtype)  # [Nb, 3]
+        else:
+            top_Z = scatter_mean(Z, block_id, nb)  # [Nb, 3] block centroids
         block_edges, block_edge_type = knn_graph(top_Z, segment_ids, is_global, block_layout, self.k_neighbors,
                                                  global_edges=self.global_message_passing)
         perturbed = None
