@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,6 +220,22 @@ def test_job_submit_trains_and_checkpoints():
         assert (checkpoints[0] / "train_state.pt").is_file()
         assert (run_dir / "metrics_history.jsonl").is_file()
         assert "val_bce" in logs  # the driver printed the final metrics
+
+        # the run directory, handed to `atomica-ray predict` in a second job: its best checkpoint (by the task's
+        # selection metric), on the Ray Data pipeline of the job's cluster (the job's driver joins it: RAY_ADDRESS)
+        predictions = work / "pred.parquet"
+        predict_id = f"atomica-predict-{secrets.token_hex(4)}"
+        predict = ["atomica-ray", "predict", "--checkpoint", str(run_dir), "--data_path", data["valid"],
+                   "--output_path", str(predictions), "--device", "cpu", "--shard_items", "4"]
+        submit = run(["ray", "job", "submit", "--address", address, "--working-dir", ".", "--submission-id",
+                      predict_id, "--no-wait", "--", *predict], env, 120, cwd=ROOT)
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        job_id = predict_id  # what finished() asks about
+        status = wait_for(finished, 600, f"job {predict_id} finishing", 2)
+        logs = run(["ray", "job", "logs", "--address", address, predict_id], env, 120).stdout
+        assert "succeeded" in status, f"job status: {status}\n--- job logs ---\n{logs[-6000:]}"
+        assert "checkpoint_epoch0000" in logs and "predict: predicted 8 items" in logs
+        assert pq.read_table(predictions).num_rows == 8
     finally:
         stop_session(str(ray_tmp))
         assert not session_processes(str(ray_tmp)), "the test's Ray head is still running"

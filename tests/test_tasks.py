@@ -152,7 +152,8 @@ def test_embed_writes_every_item(runs, data, tmp_path):
     result = runs("prot_interface")
     out = tmp_path / "emb.parquet"
     assert main(["embed", "--checkpoint", result.checkpoint.path, "--data_path", data["demo"]["valid"],
-                 "--output_path", str(out), "--device", "cpu"]) == 0
+                 "--output_path", str(out), "--device", "cpu",
+                 "--representations", "graph_embedding,block_embedding,atom_embedding"]) == 0  # the older names
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == 8
     for row in rows:

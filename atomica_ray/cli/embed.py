@@ -1,65 +1,84 @@
-"""`atomica-ray embed`: ATOMICA's get_embeddings.py on atomica-ray - graph, block and atom embeddings of every item
-of a dataset, written to Parquet (one row per item).
+"""`atomica-ray embed`: named ATOMICA representations of every item of a dataset, on a Ray Data pipeline.
 
-    atomica-ray embed --model_config config.json --model_weights weights.pt --data_path data/ --output_path emb.parquet
-    atomica-ray embed --checkpoint runs/ligand/checkpoint_epoch0009_step00001234 --data_path ... --output_path ...
+    atomica-ray embed --checkpoint runs/ligand --data_path data/ --output_path emb.parquet \\
+        --representations h_block,h_graph,z_graph --pool mean_std_global
+    atomica-ray embed --model_config config.json --model_weights weights.pt --data_path data/ --output_path emb/
+    atomica-ray embed --model_config config.json --model_weights weights.pt --describe
 
-Columns: id, graph_embedding [block_hidden], block_embedding [n_blocks][block_hidden], atom_embedding
-[n_atoms][atom_hidden], block_id [n_blocks] (block types, as ATOMICA names them), atom_id [n_atoms] (atom types).
-A ProteinInterfaceModel embeds the protein (segment 0) alone, as ATOMICA's script does. Embeddings are computed
-with the model's own behaviour flags (ATOMICA checkpoints keep ATOMICA's numerics).
+Names (atomica_ray/representations.py; `--describe` prints them with their widths): h_atom, h_block, h_graph,
+h_interface, z_atom, z_block, z_graph, z_interface; the older graph_embedding, block_embedding, atom_embedding
+(and unit_repr, block_repr, graph_repr, ...) still work and keep their column names. Columns: id, block_id
+(block types), atom_id (atom types), one per name. Vectors are each item's own, whatever its batch (ATOMICA at
+batch size 1 for ATOMICA checkpoints). A ProteinInterfaceModel embeds the protein (segment 0) alone.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", help="an atomica-ray checkpoint dir (or a dir with config.json + weights)")
-    parser.add_argument("--model_config", "--model-config", dest="model_config", help="ATOMICA config.json")
-    parser.add_argument("--model_weights", "--model-weights", dest="model_weights", help="ATOMICA weights .pt")
-    parser.add_argument("--data_path", "--data-path", "--data", dest="data_path", required=True,
-                        help="Parquet dataset dir, or an ATOMICA .pkl / .jsonl.gz / .parquet")
-    parser.add_argument("--output_path", "--output-path", "--out", dest="output_path", required=True,
-                        help="Parquet file to write")
-    parser.add_argument("--max_n_vertex_per_gpu", "--batch-blocks", dest="budget", type=int, default=1000,
-                        help="blocks per batch (raised to the largest item)")
-    parser.add_argument("--allow_pickle", "--allow-pickle", dest="allow_pickle", action="store_true",
-                        help="read ATOMICA .pkl files (runs pickle: only for files you trust)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    from atomica_ray.inference.pipeline import add_arguments as common
+
+    common(parser, "a .parquet file, or a directory of Parquet parts (resumable either way)")
+    reps = parser.add_argument_group("representations")
+    reps.add_argument("--representations", default="h_block,h_graph",
+                      help="comma-separated names (default h_block,h_graph); see --describe")
+    reps.add_argument("--pool", choices=("mean_std_global", "mean_component_normalized"), default=None,
+                      help="pooling of z_graph / z_interface (required for them, no default): mean_std_global to "
+                           "train a head on the vectors, mean_component_normalized to compare them")
+    reps.add_argument("--segment", type=int, default=None,
+                      help="the molecule of h_interface / z_interface: 0 (receptor) or 1 (ligand or partner)")
+    reps.add_argument("--describe", action="store_true",
+                      help="print what each name is and its width for the given model, then exit")
 
 
 def run(args) -> int:
-    import torch  # here, not at import: `--help` answers without torch
+    from atomica_ray import representations as R
+    from atomica_ray.data.items import DataError
 
-    from atomica_ray.train import inference as inf
-    from atomica_ray.train.loop import to_device
-
-    start = time.perf_counter()
     try:
-        _, device, model, model_config = inf.model_from_args(args)
-        interface = model_config["model_type"] == "ProteinInterfaceModel"
-        batches = inf.ordered_batches(args.data_path, "prot_interface" if interface else "plain", args.budget,
-                                      inf.fragmentation_of(model_config), args.allow_pickle)
-        rows = inf.ParquetRows(args.output_path, overwrite=args.overwrite, schema=inf.EMBEDDING_SCHEMA)
-        with rows as out, torch.no_grad():
-            for ids, batch in batches:
-                batch = to_device(batch["prot"] if interface else batch, device)
-                enc = model.encode(batch)
-                blocks = batch["lengths"].tolist()  # blocks per item
-                atoms = torch.split(batch["block_lengths"], blocks)  # atoms per block, per item
-                atom_counts = [int(a.sum()) for a in atoms]
-                for i, (block_repr, unit_repr, b, a) in enumerate(zip(
-                        torch.split(enc.block_repr, blocks), torch.split(enc.unit_repr, atom_counts),
-                        torch.split(batch["B"], blocks), torch.split(batch["A"], atom_counts))):
-                    out.add({"id": ids[i], "graph_embedding": inf.as_list(enc.graph_repr[i]),
-                             "block_embedding": inf.as_list(block_repr), "atom_embedding": inf.as_list(unit_repr),
-                             "block_id": b.cpu().tolist(), "atom_id": a.cpu().tolist()})
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
-        print(f"atomica-ray embed: error: {error}", file=sys.stderr)
+        if args.describe:
+            return describe(args)
+        columns = R.parse(args.representations)
+        names = [name for _, name in columns]
+        R.check_options(names, args.pool, args.segment)
+        interface = any(R.REPRESENTATIONS[n].needs_segment for n in names)
+        segment = args.segment if interface else None
+
+        def check(dataset, model_config):
+            if model_config.get("model_type") == "ProteinInterfaceModel" and segment not in (None, 0):
+                raise ValueError(f"--segment {segment}: a ProteinInterfaceModel embeds the protein (segment 0) "
+                                 "alone")
+            if segment is not None and model_config.get("model_type") != "ProteinInterfaceModel":
+                blocks = dataset.index["n_blocks0"] if segment == 0 else \
+                    dataset.index["n_blocks"] - dataset.index["n_blocks0"]
+                if (blocks == 0).any():
+                    i = int((blocks == 0).nonzero()[0][0])
+                    raise ValueError(f"{dataset.path}, item {i} (id {dataset[i]['id']!r}), field segment_ids: no "
+                                     f"block in segment {segment}, which --segment asks to pool")
+
+        from atomica_ray.inference.pipeline import execute
+
+        return execute(args, "embed", {"columns": columns, "pool": args.pool, "segment": segment}, check=check,
+                       verb="embedded")
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, DataError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"atomica-ray embed: error: {message}", file=sys.stderr)
         return 2
-    print(f"wrote embeddings of {out.count} items to {args.output_path} in {time.perf_counter() - start:.1f} s")
+
+
+def describe(args) -> int:
+    from atomica_ray import representations as R
+
+    if not (args.checkpoint or args.model_config or args.model_weights):
+        print(R.describe())
+        print("\n(no model given: --checkpoint or --model_config/--model_weights for the widths)")
+        return 0
+    from atomica_ray.inference import checkpoints
+
+    files = checkpoints.resolve(args.checkpoint, args.model_config, args.model_weights, args.which)
+    model = checkpoints.load_model(files, checkpoints.pick_device("cpu"))
+    print(f"model: {files.chosen or files.config}")
+    print(R.describe(model))
     return 0

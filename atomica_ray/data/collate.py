@@ -198,3 +198,12 @@ def collate(items: list[dict], kind: str) -> dict:
     if not items:
         raise ValueError("collate: no items")
     return COLLATE[kind](items)
+
+
+def to_device(batch, device: torch.device):
+    """A batch (nested dicts of tensors; other values as they are) on `device`."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return batch

@@ -683,3 +683,59 @@ class ParquetItems:
             dec = self._read_group(g, columns)
             for row in range(dec.n):
                 yield dec.record(row, self.embedding_dims, self.label_int)
+
+
+
+# --- row ranges (atomica-ray embed / predict / score read a dataset shard by shard) -------------------------------
+
+class RowRanges:
+    """Rows [start, stop) of a dataset as Arrow tables, and their records. Opens dataset.json only (no size
+    index), so a worker that reads one shard of a large dataset pays nothing for the rest. Picklable."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(os.fspath(path))
+        with open(os.path.join(self.path, META_FILE)) as f:
+            self.meta = json.load(f)
+        self.files = [os.path.join(self.path, f["name"]) for f in self.meta["files"]]
+        self.groups = [(fi, gi) for fi, f in enumerate(self.meta["files"]) for gi in range(len(f["row_groups"]))]
+        sizes = [n for f in self.meta["files"] for n in f["row_groups"]]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.embedding_dims = dict(self.meta.get("embedding_dims", {}))
+        self.label_int = self.meta.get("label_kind") == "int"
+
+    def __len__(self) -> int:
+        return int(self.meta["n_items"])
+
+    def columns(self, fields) -> list[str]:
+        cols = list(CORE_COLUMNS)
+        for f in fields:
+            if f not in OPTIONAL_FIELDS:
+                raise ValueError(f"unknown record field {f!r}; optional fields are {list(OPTIONAL_FIELDS)}")
+            cols += [k for k in EMBEDDING_KEYS if k in self.embedding_dims] if f == "block_embeddings" \
+                else list(OPTIONAL_FIELDS[f])
+        return cols
+
+    def read(self, start: int, stop: int, fields=()) -> pa.Table:
+        """Rows [start, stop): the row groups that hold them are read whole, nothing else."""
+        if not 0 <= start < stop <= len(self):
+            raise IndexError(f"{self.path}: rows {start}..{stop} outside 0..{len(self)}")
+        columns, handles, parts = self.columns(fields), {}, []
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        for g in range(first, len(self.groups)):
+            g0, g1 = int(self.starts[g]), int(self.starts[g + 1])
+            if g0 >= stop:
+                break
+            fi, gi = self.groups[g]
+            if fi not in handles:
+                handles[fi] = pq.ParquetFile(self.files[fi])
+            try:
+                table = handles[fi].read_row_group(gi, columns=columns, use_threads=False)
+            except (OSError, pa.ArrowException) as e:
+                raise DataError(f"{self.files[fi]}: cannot read row group {gi} ({e})") from e
+            parts.append(table.slice(max(start, g0) - g0, min(stop, g1) - max(start, g0)))
+        return pa.concat_tables(parts)
+
+    def records(self, table: pa.Table) -> list[dict]:
+        """The records of a table `read` returned, as `ParquetItems.get` gives them."""
+        group = _DecodedGroup(table)
+        return [group.record(row, self.embedding_dims, self.label_int) for row in range(group.n)]

@@ -3,7 +3,9 @@
 ATOMICA pads both to dense tensors without an attention mask, so zero padding takes part in the softmax and an
 item's embedding depends on the largest block / item of its batch (atomica-reference.md §5, item 2).
 `masked=False` reproduces that exactly (needed for ATOMICA checkpoints to give ATOMICA's outputs);
-`masked=True` attends to real entries only.
+`masked=True` attends to real entries only. For inference, `CrossAttention`'s `pad_to` pads each block to the
+width of its own item instead of the batch's (ATOMICA's numerics at batch size 1, whatever the batch holds), and
+masked pooling equals ATOMICA's unpadded pooling of one item alone.
 """
 
 from __future__ import annotations
@@ -35,9 +37,12 @@ class CrossAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, query: torch.Tensor, kv: torch.Tensor, kv_block: torch.Tensor, kv_valid: torch.Tensor | None,
-                masked: bool) -> torch.Tensor:
+                masked: bool, pad_to: torch.Tensor | None = None) -> torch.Tensor:
         """query [Nb, dim_query]; kv [Na, dim_kv] with kv_block [Na] (block of each atom) and kv_valid [Na]
-        (atoms that take part; None = all) -> [Nb, dim_out]."""
+        (atoms that take part; None = all) -> [Nb, dim_out].
+
+        Unmasked, every block is padded to `pad_to` [Nb] atoms (at least its own count), or, when None, to the
+        largest block of the batch as ATOMICA pads."""
         nb, h = query.shape[0], self.num_heads
         q = self.query_proj(query).view(nb, h, -1)  # [Nb, h, d]
         k = self.key_proj(kv).view(kv.shape[0], h, -1)  # [Na, h, d]
@@ -50,7 +55,8 @@ class CrossAttention(nn.Module):
         n_atoms = scatter_sum(kv_valid.long(), kv_block, nb)  # [Nb]
         peak = scatter_max(score.detach(), kv_block, nb)  # [Nb, h]
         if not masked:
-            n_pad = (n_atoms.max() - n_atoms).to(score.dtype).unsqueeze(1)  # [Nb, 1]
+            width = n_atoms.max() if pad_to is None else pad_to
+            n_pad = (width - n_atoms).to(score.dtype).unsqueeze(1)  # [Nb, 1]
             pad_key = self.key_proj.bias.view(h, -1)  # key of a zero vector
             pad_score = (q * pad_key).sum(-1) * self.scale  # [Nb, h]
             peak = torch.where(n_pad > 0, torch.maximum(peak, pad_score.detach()), peak)

@@ -15,6 +15,11 @@ recorded in `get_config()` when they differ from ATOMICA (absent keys mean ATOMI
                    into a random direction: the global-denoising edge from an item's centre to its global atom,
                    which sits at that centre, breaks the rotation equivariance of the translation / rotation
                    predictions. Fixed: 1e-3.
+
+Inference: with `batch_independent` set (embed / predict / score set it; never recorded in the config), an item's
+outputs are those it has alone in a batch, whatever else the batch holds. Without the attention mask that means
+ATOMICA's numerics at batch size 1: each block's cross-attention padded to the largest block of its own item, and
+pooling without padding (the masked pooling computes exactly that).
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class Encoding:
     rot_noise: torch.Tensor | None = None  # [n_items, 3]
     atom_noise: torch.Tensor | None = None  # [Na, 3]
     tor_noise: torch.Tensor | None = None  # [n_bonds]
+    # full node irreps after the last layer of each encoder (ATOMICA's return_full_node_attr), on request
+    atom_irreps: torch.Tensor | None = None  # [Na, encoder.encoder.irreps_out.dim]
+    block_irreps: torch.Tensor | None = None  # [Nb, top_encoder.encoder.irreps_out.dim]
 
     def __getitem__(self, key: str):
         return getattr(self, key)
@@ -98,6 +106,7 @@ class AtomicaBackbone(nn.Module):
         self.attention_mask = bool(attention_mask)
         self.direction_eps = float(direction_eps)
         self.global_block_id = GLB
+        self.batch_independent = False  # inference only (module docstring); not part of the config
 
         vocab = get_vocab(fragmentation_method)
         self.block_embedding = BlockEmbedding(len(vocab), vocab.num_atom_types, atom_hidden_size, block_hidden_size)
@@ -179,7 +188,10 @@ class AtomicaBackbone(nn.Module):
 
     # --- the encoder ------------------------------------------------------------------------------------------
     def _encode(self, Z, B, A, block_lengths, lengths, segment_ids, *, modality=None, perturb_mask=None,
-                tor_edges=None, tor_batch=None, block_features=None, return_graph_repr=True) -> Encoding:
+                tor_edges=None, tor_batch=None, block_features=None, return_graph_repr=True,
+                return_irreps=False, pad_width=None) -> Encoding:
+        """`pad_width` [n_items] (batch-independent, unmasked only): pad each item's blocks to at least this many
+        atoms, e.g. a masked copy of an item padded as the item itself is (ATOMICAScore)."""
         device = Z.device
         n_items, nb, na = lengths.shape[0], B.shape[0], A.shape[0]
         batch_id = torch.repeat_interleave(torch.arange(n_items, device=device), lengths, output_size=nb)  # [Nb]
@@ -204,7 +216,14 @@ class AtomicaBackbone(nn.Module):
         module = self.encoder.encoder
         atom_edges, atom_edge_type = knn_graph(Z, segment_ids[block_id], is_global[block_id], atom_layout,
                                                self.k_neighbors, global_edges=self.bottom_global_message_passing)
-        top_Z = scatter_mean(Z, block_id, nb)  # [Nb, 3] block centroids
+        if self.batch_independent:
+            # Block centroids pick the block-level k-NN edges, where a distance tie between blocks (common in
+            # ideal ligand geometry) is decided by the last bit. CUDA's atomic adds sum a block's atoms in an
+            # order that varies with the batch; summed in float64 and rounded once, every order gives the same
+            # float32 centroid.
+            top_Z = scatter_mean(Z.double(), block_id, nb).to(Z.dtype)  # [Nb, 3]
+        else:
+            top_Z = scatter_mean(Z, block_id, nb)  # [Nb, 3] block centroids
         block_edges, block_edge_type = knn_graph(top_Z, segment_ids, is_global, block_layout, self.k_neighbors,
                                                  global_edges=self.global_message_passing)
         perturbed = None
@@ -238,24 +257,45 @@ class AtomicaBackbone(nn.Module):
 
         # atoms -> blocks
         kv_valid = None if self.bottom_global_message_passing else A != ATOM_GLOBAL
-        h_block = self.atom_block_attn_norm(
-            h_block + self.atom_block_attn(h_block, unit_repr, block_id, kv_valid, masked=self.attention_mask))
+        pad_to = None
+        if self.batch_independent and not self.attention_mask:
+            pad_to = self._item_pad_width(block_id, kv_valid, batch_id, nb, n_items, pad_width)
+        h_block = self.atom_block_attn_norm(h_block + self.atom_block_attn(
+            h_block, unit_repr, block_id, kv_valid, masked=self.attention_mask, pad_to=pad_to))
 
         # block level
-        block_repr = self.top_encoder(h_block, top_Z, block_edges, self.edge_embedding_top(block_edge_type))[0]
+        block_repr, block_irreps, _, _ = self.top_encoder(h_block, top_Z, block_edges,
+                                                          self.edge_embedding_top(block_edge_type))
         if block_features is not None:
             block_repr = self._mix_block_features("post", block_repr, segment_ids, block_features)
 
         graph_repr = None
         if return_graph_repr:
             graph_repr = self.attention_pooling(block_repr, batch_id, block_layout.start, pooled, n_items, max_pooled,
-                                                masked=self.attention_mask)
+                                                masked=self.attention_mask or self.batch_independent)
+        if return_irreps:
+            out["atom_irreps"], out["block_irreps"] = node_attr, block_irreps
         return Encoding(unit_repr, block_repr, graph_repr, batch_id, block_id, **out)
 
-    def encode(self, batch: dict) -> Encoding:
+    @staticmethod
+    def _item_pad_width(block_id, kv_valid, batch_id, nb: int, n_items: int, pad_width) -> torch.Tensor:
+        """Atoms each block is padded to: the largest block of its own item (or `pad_width`).  # [Nb]"""
+        counted = torch.ones_like(block_id) if kv_valid is None else kv_valid.long()
+        n_atoms = scatter_sum(counted, block_id, nb)  # [Nb]
+        widest = torch.zeros(n_items, dtype=n_atoms.dtype, device=n_atoms.device).scatter_reduce_(
+            0, batch_id, n_atoms, reduce="amax")  # [n_items]
+        if pad_width is not None:
+            widest = torch.maximum(widest, torch.as_tensor(pad_width, device=widest.device, dtype=widest.dtype))
+        return widest[batch_id]
+
+    def encode(self, batch: dict, irreps: bool = False, pad_width: torch.Tensor | None = None,
+               graph: bool = True) -> Encoding:
         """Representations of a batch in ATOMICA's format (keys X, B, A, block_lengths, lengths, segment_ids and,
         where the model uses them, modality / block_embeddings*), computed in eval mode as ATOMICA's `infer()`
-        does (the module's mode is restored afterwards). Autograd stays as the caller set it."""
+        does (the module's mode is restored afterwards). Autograd stays as the caller set it.
+
+        `irreps`: also return the full node irreps of both levels (`atom_irreps`, `block_irreps`); `graph=False`
+        skips the pooling; `pad_width`: see `_encode`."""
         device = self.edge_embedding_top.weight.device
         dtype = self.edge_embedding_top.weight.dtype
 
@@ -272,9 +312,18 @@ class AtomicaBackbone(nn.Module):
         try:
             return self._encode(tensor("X", float_=True), tensor("B"), tensor("A"), tensor("block_lengths"),
                                 tensor("lengths"), tensor("segment_ids"), modality=tensor("modality"),
-                                block_features=features if any(v is not None for v in features.values()) else None)
+                                block_features=features if any(v is not None for v in features.values()) else None,
+                                return_graph_repr=graph, return_irreps=irreps, pad_width=pad_width)
         finally:
             self.train(was_training)
+
+
+def set_batch_independent(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every encoder inside `model` to batch-independent inference (module docstring)."""
+    for module in model.modules():
+        if isinstance(module, AtomicaBackbone):
+            module.batch_independent = enabled
+    return model
 
 
 # the arguments every model class shares: the backbone's positional-or-keyword parameters

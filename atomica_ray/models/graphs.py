@@ -56,10 +56,19 @@ def _candidates(rows: torch.Tensor, row_item: torch.Tensor, layout: ItemLayout):
 
 
 def _topk(cand: torch.Tensor, dist: torch.Tensor, allowed: torch.Tensor, k: int):
-    """The k nearest allowed candidates of each row, nearest first: (node [R, k], kept [R, k])."""
-    dist = dist.masked_fill(~allowed, float("inf"))
-    near, slot = torch.topk(dist, min(k, dist.shape[1]), dim=1, largest=False)  # [R, k], ascending
-    return torch.gather(cand, 1, slot), torch.isfinite(near)
+    """The k nearest allowed candidates of each row, nearest first, ties to the lower node index:
+    (node [R, k], kept [R, k]).
+
+    torch.topk breaks distance ties (common in ideal or rounded coordinates) by its algorithm of the moment, which
+    changes with the tile's width, i.e. with the largest item of the batch, so an item's graph would depend on its
+    batch. Ranking by one unique key, the float's bits (monotonic for non-negative floats) then the candidate's
+    slot, makes the choice a function of the item alone; it agrees with ATOMICA wherever ATOMICA's is not a tie."""
+    dist = dist.float().masked_fill(~allowed, float("inf"))  # [R, M]
+    slots = torch.arange(dist.shape[1], device=dist.device)
+    key = (dist.view(torch.int32).long() << 32) | slots  # [R, M] int64: distance first, then slot
+    ranked = torch.topk(key, min(k, dist.shape[1]), dim=1, largest=False).values  # [R, k], ascending
+    slot = ranked & 0xFFFFFFFF
+    return torch.gather(cand, 1, slot), torch.gather(dist, 1, slot) < float("inf")
 
 
 def _kept_edges(rows: torch.Tensor, sections: list[tuple[torch.Tensor, torch.Tensor]]):

@@ -7,6 +7,9 @@ Irreps grow layer by layer (ns scalars, nv = ns // 2 vectors):
   2: + nv x1e + nv x2o
   3+: + ns x0o
 The node embedding read out is [0e scalars, 0o pseudo-scalars] (just the 0e scalars with fewer than 3 layers).
+The full node irreps after the last layer (`irreps_out`, before the read-out; ATOMICA's `return_full_node_attr`)
+are returned too, on every path (eager, Triton kernels, CUDA graphs): the z representations are built from them
+(models/invariants.py).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class InteractionModule(nn.Module):
             for i in range(num_conv_layers)
         )
         final_irreps = irreps_at(num_conv_layers)
+        self.irreps_out = o3.Irreps(final_irreps)  # layout of the full node irreps forward() returns
 
         self.return_atom_noise = return_atom_noise
         self.return_torsion_noise = return_torsion_noise

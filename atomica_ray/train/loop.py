@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atomica_ray.data.collate import to_device
 from atomica_ray.models.kernels.cuda_graphs import capture_stats, enable_cuda_graphs
 from atomica_ray.tasks import task_for
 from atomica_ray.tasks.spec import Task, encoder_kwargs
@@ -111,14 +112,6 @@ def data_spec(cfg: TrainConfig, task: Task, path: str, train: bool):
         num_classes=cfg.num_classifier_classes, random_block_sampling=train and cfg.random_block_sampling,
         block_sampling_p_keep=cfg.block_sampling_p_keep, block_sampling_p_none=cfg.block_sampling_p_none,
     )
-
-
-def to_device(batch, device: torch.device):
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    return batch
 
 
 def is_oom(error: BaseException) -> bool:
