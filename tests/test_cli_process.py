@@ -211,7 +211,7 @@ def test_readme_structure_files_example_runs(processed, tmp_path, monkeypatch, c
     records = list(ParquetItems("data/complexes").iter_records())
     assert len(records) == 6 and {r["label"] for r in records} == {0, 1}
     emb = pq.read_table("complexes-embeddings.parquet").to_pylist()
-    assert [e["id"] for e in emb] == [r["id"] for r in records] and len(emb[0]["graph_embedding"]) == 16
+    assert [e["id"] for e in emb] == [r["id"] for r in records] and len(emb[0]["h_graph"]) == 16
     same_items(records, list(read_records("complexes.jsonl.gz")))
     (model_dir,) = glob.glob("runs/complexes/checkpoint_epoch0000_*/model")
     config = json.loads(Path(model_dir, "config.json").read_text())

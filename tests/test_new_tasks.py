@@ -37,6 +37,34 @@ def tiny(task: str, data: dict, **changes) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def check_predictions(checkpoint: str, model, task: str, data: dict, tmp_path) -> None:
+    """`atomica-ray predict` writes one probability per non-global block (residue) or per class (multilabel), each
+    item's as it has alone, next to its list label."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from atomica_ray.cli.main import main
+    from atomica_ray.data import open_dataset
+    from atomica_ray.data.collate import collate
+    from atomica_ray.models.backbone import set_batch_independent
+    from atomica_ray.tasks import get_task
+
+    out = tmp_path / "pred.parquet"
+    assert main(["predict", "--checkpoint", checkpoint, "--data_path", data["valid"], "--output_path", str(out),
+                 "--device", "cpu", "--max_n_vertex_per_gpu", "300"]) == 0
+    table = pq.read_table(out).to_pydict()
+    kind, field = ("residue", "block_labels") if task == "residue_binary_classifier" else ("multilabel", "label_vector")
+    ds = open_dataset(data["valid"], list_labels="block" if kind == "residue" else "vector")
+    model = set_batch_independent(model.eval())
+    assert table["id"] == [ds[i]["id"] for i in range(len(ds))]
+    for i in range(len(ds)):
+        with torch.no_grad():  # the item alone
+            alone = get_task(task).forward(model, collate([ds[i]], kind))[1]["prob"].reshape(-1).numpy()
+        assert np.allclose(table["prediction"][i], alone, atol=1e-6)
+        assert table["label"][i] == pytest.approx(list(ds[i][field]))
+
+
 def history(result) -> list[dict]:
     return [json.loads(x) for x in (Path(result.path) / "metrics_history.jsonl").read_text().splitlines()]
 
@@ -61,7 +89,9 @@ def test_trains_and_resumes(task, options, model_class, keys, ray_local, data, t
     assert task_for(cfg).mode == "max" and f"best_{task_for(cfg).selection_metric}" in metrics
     config, weights = model_files(Path(first.checkpoint.path))
     assert json.loads(config.read_text())["model_type"] == model_class
-    assert type(load_atomica(config, weights)).__name__ == model_class  # ATOMICA's format reads back
+    model = load_atomica(config, weights)
+    assert type(model).__name__ == model_class  # ATOMICA's format reads back
+    check_predictions(first.checkpoint.path, model, task, data, tmp_path)
 
     if task == "multilabel_classifier":
         return  # resuming is the engine's, whatever the task: the residue run checks it (with block sampling on)

@@ -24,6 +24,9 @@ def add_arguments(parser) -> None:
 
 def has_labels(dataset, kind: str) -> bool:
     index = dataset.index
+    if kind in ("residue", "multilabel"):  # list labels: a length per item, -1 where absent
+        counts = index["n_block_labels" if kind == "residue" else "n_label_vector"]
+        return bool(len(counts)) and bool((np.asarray(counts) >= 0).all())
     if kind == "affinity":
         values = index["affinity"]
     elif kind == "labelled":

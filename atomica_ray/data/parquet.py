@@ -414,7 +414,8 @@ def convert(
         return write_dataset(pairs(), out_dir, row_group_items=row_group_items, overwrite=overwrite,
                              extra_meta=extra_meta)
     except DataError as e:
-        if not meta_sources or any(s["n_items"] for s in meta_sources):
+        # the sources were read whole and held nothing: name them, not the output directory
+        if "(the sources are empty)" not in str(e) or any(s["n_items"] for s in meta_sources):
             raise
         raise DataError(f"{', '.join(sources)}: no items (an empty dataset)") from e
 
@@ -544,6 +545,8 @@ class ParquetItems:
         footer whose row and row-group counts match dataset.json."""
         for path, f in self._recorded():
             if not os.path.isfile(path):
+                if f is self.meta.get("index"):
+                    continue  # the size index is derived: items.parquet holds its columns (_read_index)
                 raise DataError(f"{path}: missing (listed in {META_FILE})")
             size = os.path.getsize(path)
             if "size" in f and size != f["size"]:

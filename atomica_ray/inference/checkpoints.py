@@ -25,6 +25,8 @@ PREDICTING_TASKS = {
     "RegressionPredictor": "regression",
     "ClassifierModel": "binary_classifier",
     "MultiClassClassifierModel": "multiclass_classifier",
+    "ResidueClassifierModel": "residue_binary_classifier",  # one probability per non-global block
+    "MultiLabelClassifierModel": "multilabel_classifier",  # one probability per class
 }
 WHICH = ("best", "latest")
 

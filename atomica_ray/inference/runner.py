@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import torch
+
+# torch is imported where it is used: the CLI builds its parsers from this module, and `--help` answers without it
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Job:
 
 def precision_context(precision: str, device: torch.device):
     if precision == "bf16":
+        import torch
+
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
