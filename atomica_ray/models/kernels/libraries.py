@@ -74,7 +74,9 @@ def _build(library: str, spec: Spec, device: torch.device, dtype: torch.dtype):
         cue, cuet = _import(library)
         return cuet.FullyConnectedTensorProduct(
             cue.Irreps("O3", spec.irreps_in1), cue.Irreps("O3", spec.irreps_in2), cue.Irreps("O3", spec.irreps_out),
-            layout=cue.mul_ir, shared_weights=False, internal_weights=False, device=device, dtype=dtype)
+            layout=cue.mul_ir, shared_weights=False, internal_weights=False, device=device, dtype=dtype,
+            # its fused kernel computes in fp32 or fp64 only; bf16 / fp16 inputs are accumulated in fp32
+            math_dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     oeq = _import(library)
     import numpy as np
 
