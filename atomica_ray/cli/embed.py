@@ -34,6 +34,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from atomica_ray.inference.pipeline import usage_error
+
+    why = None if args.describe else usage_error(args)  # --describe may run without a model
+    if why:
+        print(f"atomica-ray embed: error: {why}", file=sys.stderr)
+        return 2
     from atomica_ray import representations as R
     from atomica_ray.data.items import DataError
 

@@ -37,6 +37,12 @@ def has_labels(dataset, kind: str) -> bool:
 
 
 def run(args) -> int:
+    from atomica_ray.inference.pipeline import usage_error
+
+    why = usage_error(args)
+    if why:
+        print(f"atomica-ray predict: error: {why}", file=sys.stderr)
+        return 2
     from atomica_ray.data.items import DataError
     from atomica_ray.inference import checkpoints
     from atomica_ray.inference.pipeline import execute

@@ -25,6 +25,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from atomica_ray.inference.pipeline import usage_error
+
+    why = usage_error(args)
+    if why:
+        print(f"atomica-ray score: error: {why}", file=sys.stderr)
+        return 2
     from atomica_ray.data.items import DataError
     from atomica_ray.inference.pipeline import execute
 

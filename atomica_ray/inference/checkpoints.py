@@ -116,8 +116,9 @@ def resolve(checkpoint: str | None, model_config: str | None, model_weights: str
         chosen, why = pick_checkpoint(path, which)
         return ModelFiles(*model_files(chosen), chosen=f"{chosen} ({why})")
     if not (model_config and model_weights):
-        raise ValueError("give --checkpoint DIR (a checkpoint, a model directory or a run directory), or "
-                         "--model_config config.json and --model_weights weights.pt")
+        from atomica_ray.inference.pipeline import NO_MODEL
+
+        raise ValueError(NO_MODEL)
     for flag, value in (("--model_config", model_config), ("--model_weights", model_weights)):
         if not Path(value).is_file():
             raise FileNotFoundError(f"{flag} {value}: no such file")

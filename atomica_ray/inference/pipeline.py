@@ -121,6 +121,17 @@ def run_pipeline(job: Job, shards: list[Shard], *, workers: int, gpus_per_worker
     return summaries
 
 
+NO_MODEL = ("give --checkpoint DIR (a checkpoint, a model directory or a run directory), or --model_config "
+            "config.json and --model_weights weights.pt")
+
+
+def usage_error(args) -> str | None:
+    """What a command line misses before anything is loaded (checked without importing torch)."""
+    if not (args.checkpoint or (args.model_config and args.model_weights)):
+        return NO_MODEL
+    return None
+
+
 def add_arguments(parser, output_help: str) -> None:
     """The flags embed, predict and score share."""
     model = parser.add_argument_group("model")
