@@ -63,48 +63,47 @@ class Predictor(Runner):
         self.schema = schema(self.multiclass, self.labelled, self.kind)
 
     def tables(self, records: list[dict]) -> Iterator[pa.Table]:
-        if self.kind in LIST_KINDS:
-            yield from self.list_tables(records)
-            return
         for rec in records:
-            value = item_label(rec, self.kind) if self.labelled else None
-            rec["label"] = (int(value) if self.multiclass else float(value)) if value is not None else (
-                0 if self.multiclass else 0.0)  # the forward needs one; its loss is ignored
+            self.fill_label(rec)
         for items in pack_records(records, self.job.block_budget, self.job.atom_budget):
             batch = to_device(collate(items, self.kind), self.device)
             with torch.inference_mode(), precision_context(self.job.precision, self.device):
                 _, out = self.task.forward(self.model, batch)
-            columns = {"id": [it["id"] for it in items]}
-            if self.multiclass:
-                prob = out["prob"].float().cpu().numpy()
-                columns["prediction"] = prob.argmax(1).astype(np.int64)
-                columns["probabilities"] = list(prob.astype(np.float32))
-            else:
-                columns["prediction"] = out[self.task.prediction_keys[0]].float().cpu().numpy().astype(np.float64)
-            if self.labelled:
-                columns["label"] = [it["label"] for it in items]
             self.count(len(items))
-            yield pa.table(columns, schema=self.schema)
+            yield pa.table({"id": [it["id"] for it in items], **self.columns(items, out)}, schema=self.schema)
 
-    def list_tables(self, records: list[dict]) -> Iterator[pa.Table]:
-        """Residue and multi-label models: one list of probabilities per item."""
-        field, _ = LIST_KINDS[self.kind]
-        for rec in records:
-            if rec.get(field) is None:  # the forward needs a label of the right shape; its loss is ignored
+    def fill_label(self, rec: dict) -> None:
+        """Give every record the label its task's forward needs (a zero of the right shape when the dataset has
+        none: the loss it also computes is ignored)."""
+        if self.kind in LIST_KINDS:
+            field, _ = LIST_KINDS[self.kind]
+            if rec.get(field) is None:
                 n = int((np.asarray(rec["B"]) != GLB).sum()) if self.kind == "residue" else self.model.num_classes
                 rec[field] = np.zeros(n, np.int8 if self.kind == "residue" else np.float32)
-        for items in pack_records(records, self.job.block_budget, self.job.atom_budget):
-            batch = to_device(collate(items, self.kind), self.device)
-            with torch.inference_mode(), precision_context(self.job.precision, self.device):
-                _, out = self.task.forward(self.model, batch)
+            return
+        value = item_label(rec, self.kind) if self.labelled else None
+        rec["label"] = (int(value) if self.multiclass else float(value)) if value is not None else (
+            0 if self.multiclass else 0.0)
+
+    def columns(self, items: list[dict], out: dict) -> dict:
+        """The prediction columns of a batch (and its labels), in the schema's types."""
+        if self.kind in LIST_KINDS:
+            field, _ = LIST_KINDS[self.kind]
             prob = out["prob"].float().cpu().numpy()
             if self.kind == "residue":  # [n_non_global_blocks of the batch] -> one list per item
                 counts = [int((np.asarray(it["B"]) != GLB).sum()) for it in items]
                 per_item = np.split(prob, np.cumsum(counts)[:-1])
             else:  # [bs, num_classes]
                 per_item = list(prob)
-            columns = {"id": [it["id"] for it in items], "prediction": [p.astype(np.float32) for p in per_item]}
-            if self.labelled:
-                columns["label"] = [np.asarray(it[field]) for it in items]
-            self.count(len(items))
-            yield pa.table(columns, schema=self.schema)
+            columns = {"prediction": [p.astype(np.float32) for p in per_item]}
+            labels = [np.asarray(it[field]) for it in items]
+        elif self.multiclass:
+            prob = out["prob"].float().cpu().numpy()
+            columns = {"prediction": prob.argmax(1).astype(np.int64), "probabilities": list(prob.astype(np.float32))}
+            labels = [it["label"] for it in items]
+        else:
+            columns = {"prediction": out[self.task.prediction_keys[0]].float().cpu().numpy().astype(np.float64)}
+            labels = [it["label"] for it in items]
+        if self.labelled:
+            columns["label"] = labels
+        return columns

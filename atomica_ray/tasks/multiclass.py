@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from atomica_ray.tasks import metrics as M
-from atomica_ray.tasks.spec import Task, labels_within, structure_inputs
+from atomica_ray.tasks.spec import Task, labels_within, per_class_head, per_class_selection, structure_inputs
 
 
 def forward(model, batch):
@@ -38,13 +38,6 @@ def check_labels(labels, cfg):
     return labels_within(0, n - 1, f"a class index 0..{n - 1} (num_classifier_classes {n})")(labels, cfg)
 
 
-def model_kwargs(cfg):
-    kwargs = dict(num_classes=cfg.num_classifier_classes)
-    if cfg.use_focal_loss:
-        kwargs.update(loss_type="focal", focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha)
-    return kwargs
-
-
 def prepare(model, cfg, train):
     """`weighted_loss`: per-class weights 1 / count over the training set, scaled to sum to the class count."""
     if cfg.weighted_loss:
@@ -53,15 +46,11 @@ def prepare(model, cfg, train):
         model.set_class_weights(class_weights(train.index["label"], cfg.num_classifier_classes))
 
 
-def select(cfg):
-    return "val_f1_macro" if cfg.multiclass_metric == "f1_macro" else "val_delta_auprc"
-
-
 MULTICLASS = Task(
     name="multiclass_classifier",
     model_class="MultiClassClassifierModel",
     data_kind=lambda cfg: "multiclass",
-    model_kwargs=model_kwargs,
+    model_kwargs=per_class_head,
     forward=forward,
     metrics=compute_metrics,
     selection_metric="val_delta_auprc",
@@ -71,6 +60,6 @@ MULTICLASS = Task(
     prediction_keys=("prob",),
     check_labels=check_labels,
     metric_names=("val_ce", "val_accuracy", "val_macro_auprc", "val_delta_auprc", "val_f1_macro"),
-    select=select,
+    select=per_class_selection,
     prepare=prepare,
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from atomica_ray.tasks import metrics as M
-from atomica_ray.tasks.spec import Task, structure_inputs
+from atomica_ray.tasks.spec import Task, per_class_head, per_class_selection, structure_inputs
 
 
 def forward(model, batch):
@@ -32,13 +32,6 @@ def compute_metrics(r):
     }
 
 
-def model_kwargs(cfg):
-    kwargs = dict(num_classes=cfg.num_classifier_classes)
-    if cfg.use_focal_loss:
-        kwargs.update(loss_type="focal", focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha)
-    return kwargs
-
-
 def prepare(model, cfg, train):
     """`weighted_loss`: pos_weight = negatives / positives of each label over the training set."""
     if cfg.weighted_loss:
@@ -47,15 +40,11 @@ def prepare(model, cfg, train):
         model.set_class_weights(pos_weights(np.stack(train.column_values("label_vector"))))
 
 
-def select(cfg):
-    return "val_f1_macro" if cfg.multiclass_metric == "f1_macro" else "val_delta_auprc"
-
-
 MULTILABEL = Task(
     name="multilabel_classifier",
     model_class="MultiLabelClassifierModel",
     data_kind=lambda cfg: "multilabel",
-    model_kwargs=model_kwargs,
+    model_kwargs=per_class_head,
     forward=forward,
     metrics=compute_metrics,
     selection_metric="val_delta_auprc",
@@ -64,7 +53,7 @@ MULTILABEL = Task(
     scheduler="exp_decay",
     metric_names=("val_bce", "val_macro_auprc", "val_micro_auprc", "val_delta_auprc", "val_macro_auroc",
                   "val_f1_macro"),
-    select=select,
+    select=per_class_selection,
     prepare=prepare,
     label_kind="vector",
 )

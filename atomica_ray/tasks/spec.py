@@ -59,6 +59,19 @@ def labels_within(low: float, high: float, what: str):
     return check
 
 
+def per_class_head(cfg: Config) -> dict[str, Any]:
+    """The head arguments of the multi-class and multi-label classifiers: classes, and the focal loss if asked."""
+    kwargs: dict[str, Any] = dict(num_classes=cfg.num_classifier_classes)
+    if cfg.use_focal_loss:
+        kwargs.update(loss_type="focal", focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha)
+    return kwargs
+
+
+def per_class_selection(cfg: Config) -> str:
+    """What the multi-class and multi-label classifiers select by (`multiclass_metric`, as current ATOMICA)."""
+    return "val_f1_macro" if cfg.multiclass_metric == "f1_macro" else "val_delta_auprc"
+
+
 def encoder_kwargs(cfg: Config) -> dict[str, Any]:
     """The constructor arguments every ATOMICA model shares."""
     return dict(

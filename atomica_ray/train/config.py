@@ -274,22 +274,16 @@ class TrainConfig:
                 raise bad(key_, "an empty path; use null for none")
 
     def _validate_classifier_options(self, bad) -> None:
-        """The options of issue 17 (ATOMICA's classifier flags), where ATOMICA allows them."""
+        """The options of issue 17 (ATOMICA's classifier flags), where ATOMICA allows them (their ranges are
+        declared with the keys)."""
         from atomica_ray.tasks import get_task, selection
 
         per_class = ("multiclass_classifier", "multilabel_classifier")
         for key in ("use_focal_loss", "weighted_loss"):
             if getattr(self, key) and self.task not in per_class:
                 raise bad(key, f"only for {' and '.join(per_class)} (as in ATOMICA), not {self.task}")
-        if self.focal_gamma < 0:
-            raise bad("focal_gamma", "must be >= 0")
         if self.focal_alpha is not None and len(self.focal_alpha) not in (1, self.num_classifier_classes or 1):
             raise bad("focal_alpha", f"give one weight or one per class ({self.num_classifier_classes})")
-        if self.multiclass_metric not in (None, "auprc", "f1_macro"):
-            raise bad("multiclass_metric", "choose auprc or f1_macro")
-        for key in ("block_sampling_p_keep", "block_sampling_p_none"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise bad(key, "must be in [0, 1]")
         task = get_task(self.task)
         if self.random_block_sampling and task.data_kind(self) not in ("labelled", "multiclass", "residue",
                                                                         "multilabel"):

@@ -46,20 +46,6 @@ def resolve_storage_path(path: str | None) -> str:
     return str(Path(os.path.expanduser(path)).resolve())
 
 
-def check_inputs(cfg: TrainConfig) -> None:
-    """The driver-side checks of a config alone (paths, the checkpoint to start from, data and labels)."""
-    from atomica_ray.train import preflight
-
-    preflight.check_paths(cfg)
-    if cfg.pretrain_config:
-        preflight.check_pretrained(cfg)
-    if cfg.init_checkpoint and "://" not in cfg.init_checkpoint:
-        preflight.check_init_checkpoint(cfg)
-    for key, min_items in (("train_set", cfg.num_workers), ("valid_set", 1)):
-        if getattr(cfg, key) and "://" not in getattr(cfg, key):
-            preflight.check_data(cfg, key, min_items)
-
-
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Workers may run in another directory (a job's working_dir, another node): make local paths absolute."""
     changes = {}

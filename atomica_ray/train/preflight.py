@@ -162,17 +162,22 @@ def check_existing_run(cfg: TrainConfig, run_dir: Path) -> None:
         return
 
 
-def check_train(cfg: TrainConfig, run_name: str, storage: str) -> None:
-    """All checks of `atomica-ray train` (and of a sweep's shared config), cheapest first."""
-    check_name(run_name)
+def check_inputs(cfg: TrainConfig) -> None:
+    """The checks of a config alone: paths, the checkpoints to start from, the data and its labels."""
     check_paths(cfg)
     if cfg.pretrain_config:
         check_pretrained(cfg)
     if cfg.init_checkpoint and "://" not in cfg.init_checkpoint:
         check_init_checkpoint(cfg)
-    if "://" not in storage:
-        check_existing_run(cfg, Path(storage) / run_name)
     for key, min_items in (("train_set", cfg.num_workers), ("valid_set", 1)):
         if getattr(cfg, key) and "://" not in getattr(cfg, key):
             check_data(cfg, key, min_items)
+
+
+def check_train(cfg: TrainConfig, run_name: str, storage: str) -> None:
+    """All checks of `atomica-ray train`: the name, the config's inputs, the run it may resume, the storage."""
+    check_name(run_name)
+    check_inputs(cfg)
+    if "://" not in storage:
+        check_existing_run(cfg, Path(storage) / run_name)
     check_storage(storage, run_name)

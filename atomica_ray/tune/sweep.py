@@ -331,7 +331,8 @@ def resolve_settings(base_config: dict, space: SearchSpace, *, name: str, storag
     """Validate everything that can be checked before Ray starts; returns the settings of a new sweep."""
     from atomica_ray.tasks import task_for
     from atomica_ray.train.config import TrainConfig
-    from atomica_ray.train.launch import absolute_paths, check_inputs
+    from atomica_ray.train.launch import absolute_paths
+    from atomica_ray.train.preflight import check_inputs
 
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r} (choose from {', '.join(SCHEDULERS)})")
