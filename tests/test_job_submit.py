@@ -1,6 +1,7 @@
 """A real job submission: a head started with the local guide's own `ray start --head` command
 (cluster/local-debugging.md, with this test's ports and temp dir), Ray's token authentication, then
-`ray job submit --working-dir . -- atomica-ray train ...`, as a user would do it.
+`ray job submit --working-dir . -- atomica-ray train ...`, as a user would do it; then `predict` on the run
+directory and `process` of the example structure files, each as a job on the same cluster.
 
 The guide's claims are checked on the running head: every port its processes listen on is a loopback one, and the
 job agent answers on its own port (not Ray's fixed 52365, which another Ray on a shared machine may hold: then
@@ -236,6 +237,27 @@ def test_job_submit_trains_and_checkpoints():
         assert "succeeded" in status, f"job status: {status}\n--- job logs ---\n{logs[-6000:]}"
         assert "checkpoint_epoch0000" in logs and "predict: predicted 8 items" in logs
         assert pq.read_table(predictions).num_rows == 8
+
+        # structure files -> items on the job's cluster (`process` joins it through RAY_ADDRESS, as train does)
+        try:
+            import gemmi  # noqa: F401
+        except ImportError:
+            return  # the structures extra is not installed: `process` refuses before Ray (tests/test_cli_process.py)
+        processed = work / "complexes"
+        process_id = f"atomica-process-{secrets.token_hex(4)}"
+        process = ["atomica-ray", "process", "examples/structures/index.csv", "--out", str(processed),
+                   "--fragmentation_method", "none", "--no-progress"]
+        submit = run(["ray", "job", "submit", "--address", address, "--working-dir", ".", "--submission-id",
+                      process_id, "--no-wait", "--", *process], env, 120, cwd=ROOT)
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        job_id = process_id
+        status = wait_for(finished, 600, f"job {process_id} finishing", 2)
+        logs = run(["ray", "job", "logs", "--address", address, process_id], env, 120).stdout
+        assert "succeeded" in status, f"job status: {status}\n--- job logs ---\n{logs[-6000:]}"
+        assert "wrote 6 items from 6 of 6 rows" in logs, logs[-3000:]
+        from atomica_ray.data.parquet import ParquetItems
+
+        assert len(ParquetItems(str(processed))) == 6
     finally:
         stop_session(str(ray_tmp))
         assert not session_processes(str(ray_tmp)), "the test's Ray head is still running"
