@@ -6,7 +6,8 @@ edges; E = 85344 is the atom-level edge count of reference batch 0 (DenoisePretr
                                            [--configs 64,4,8,128,2,0,1 64,4,8,128,2,0,0 ...]
 
 A config is EDGE_TILE, NUM_WARPS, NUM_WARPS_BWD, COLUMNS, NUM_STAGES, KERNEL_HIDDEN_GRAD[, SPLIT_BACKWARD]
-(fused_contraction.py, tensor_product.py); "default" keeps the module's values. Prints, per layer and config, the
+(fused_contraction.py, tensor_product.py; NUM_STAGES also sets fp32's NUM_STAGES_TF32X3); "default" keeps the
+module's values. A config whose tiles do not fit is named and skipped (the backend printed says which path ran). Prints, per layer and config, the
 median forward and backward time (CUDA events, 20 repetitions after 3 warm-ups) and the forward's rate in TFLOP/s
 of weight-generation matmul work (2 E H numel). `--check` adds the relative difference of the output and gradients
 to the fp32 torch path on the same inputs. Runs against older trees too (`atomica_ray.models.tensor_product`), for
@@ -42,7 +43,8 @@ def configure(config: str, backend: str) -> str:
     if hasattr(fc, "SPLIT_BACKWARD"):
         fc.SPLIT_BACKWARD = bool(split[0]) if split else True
     fc.EDGE_TILE, fc.NUM_WARPS = be, nw
-    for name, value in (("NUM_WARPS_BWD", nwb), ("COLUMNS", cols), ("NUM_STAGES", stages)):
+    for name, value in (("NUM_WARPS_BWD", nwb), ("COLUMNS", cols), ("NUM_STAGES", stages),
+                        ("NUM_STAGES_TF32X3", stages)):
         if hasattr(fc, name):
             setattr(fc, name, value)
     tpm.KERNEL_HIDDEN_GRAD = bool(hg)
@@ -96,9 +98,13 @@ def main() -> None:
                     # as in training: under autocast the hidden features come out of a Linear in bf16
                     return conv.stacked_tp(x, y, h.to(torch.bfloat16) if args.bf16 else h, linear)
 
-            fwd = timed(forward)
-            out = forward()
-            bwd = timed(lambda: torch.autograd.grad(out, params, g, retain_graph=True))
+            try:
+                fwd = timed(forward)
+                out = forward()
+                bwd = timed(lambda: torch.autograd.grad(out, params, g, retain_graph=True))
+            except Exception as error:  # a tile too large for shared memory, registers
+                print(f"layer {layer} config {name}: {type(error).__name__}: {str(error)[:160]}", flush=True)
+                continue
             if args.check:
                 got = [out.float(), *(t.float() for t in torch.autograd.grad(out, params, g, retain_graph=True))]
                 backend_now = tpm.BACKEND if hasattr(tpm, "BACKEND") else None

@@ -7,8 +7,10 @@ batch-of-one (ATOMICA's default `batch_size 1`) on the same items, with the outp
 The released configuration (hidden 32, edge 32, 4 layers, k 8, PS_300, global message passing) with ATOMICA's
 numerics (attention mask off, UNK blocks global) and random weights. Every mode runs the code an embed worker runs
 (inference/embed.py: packing by the budgets, representations, Arrow rows on the host); only Ray is left out.
-Rows printed: batch-of-one fp32, batched fp32, batched bf16 (Triton kernels), and batched fp32 on the items
-repeated 4x (peak memory follows the budget, not the dataset). Outputs: max |diff| of batched vs batch-of-one
+Rows printed: batch-of-one fp32, batched fp32 per `--fp32-backends`, batched bf16 (Triton kernels), and batched
+fp32 on the items repeated 4x (peak memory follows the budget, not the dataset). Each batched row is timed in
+steady state, after one untimed pass over the items (a cold process also compiles the Triton kernels' variants
+for the sizes it meets: seconds, once). Outputs: max |diff| of batched vs batch-of-one
 (fp32: the contract is <= 1e-5, relative to each vector's scale for z) and bf16 vs fp32 (max relative diff and
 the smallest cosine). `--check-graphs` also checks that the encoder returns its full node irreps on the CUDA-graph
 path (training mode) as on the eager one.
@@ -31,6 +33,7 @@ from atomica_ray.inference.embed import Embedder  # noqa: E402
 from atomica_ray.inference.runner import Job  # noqa: E402
 from atomica_ray.models import PredictionModel  # noqa: E402
 from atomica_ray.models.backbone import set_batch_independent  # noqa: E402
+from atomica_ray.models.kernels import fused_projection, set_backend  # noqa: E402
 
 RELEASED = dict(atom_hidden_size=32, block_hidden_size=32, edge_size=32, k_neighbors=8, n_layers=4,
                 global_message_passing=True, bottom_global_message_passing=False, fragmentation_method="PS_300")
@@ -94,6 +97,26 @@ def compare(a: dict, b: dict, columns) -> dict:
     return out
 
 
+def profile(embedder: Embedder, items: list[dict], label: str) -> None:
+    """GPU busy share of the wall (union of kernel intervals) and the top kernels by GPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    run(embedder, items[:32])
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        seconds, _, batches = run(embedder, items)
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    busy, end = 0.0, float("-inf")
+    for a, b in kernels:  # union of intervals, microseconds
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    print(f"profile {label}: {len(items)} items, {batches} batches, wall {seconds * 1e3:.0f} ms, GPU busy "
+          f"{busy / 1e3:.0f} ms ({100 * busy / 1e6 / seconds:.0f}%)")
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60))
+
+
 def check_graphs(model, items) -> float:
     """Max relative |diff| of the full node irreps, CUDA-graph path vs eager (training mode, dropout 0)."""
     from atomica_ray.data.collate import collate, to_device
@@ -126,11 +149,21 @@ def main() -> int:
     parser.add_argument("--atom-budget", type=int, default=40000)
     parser.add_argument("--more-budgets", default="", help="comma-separated block budgets also run batched (fp32 and "
                         "bf16; atom budget 10x), e.g. 16000")
+    parser.add_argument("--fp32-backends", default="torch",
+                        help="tensor-product backends of the batched fp32 rows (comma-separated: torch, triton, ...); "
+                        "batch-of-one always runs the torch backend (strict fp32 cuBLAS), the reference")
+    parser.add_argument("--projection-fp32-dot", default=None, choices=["tf32x3", "ieee"],
+                        help="the projection kernel's fp32 dots (fused_projection.FP32_DOT)")
     parser.add_argument("--check-graphs", action="store_true")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="profile batched fp32 (last of --fp32-backends) and bf16 on the first N items: GPU busy "
+                        "share of the wall and the kernels taking the most GPU time")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU (no figures worth keeping)")
     args = parser.parse_args()
     if not (torch.cuda.is_available() or args.cpu):
         raise SystemExit("needs a CUDA device (or --cpu for a smoke run)")
+    if args.projection_fp32_dot:
+        fused_projection.FP32_DOT = args.projection_fp32_dot
     items = items_from_batches(args.items) if args.items else demo_items(args.demo or 1000)
     columns = [c for c, _ in R.parse(args.names)]
     torch.manual_seed(0)
@@ -154,13 +187,22 @@ def main() -> int:
         run(embedder(precision, args.block_budget, args.atom_budget), warm)
         run(embedder(precision, 1, None), warm[:4])
 
+    fp32_backends = [b for b in args.fp32_backends.split(",") if b]
+    for backend in fp32_backends:  # each backend's compilation / heuristics
+        set_backend(backend)
+        run(embedder("fp32", args.block_budget, args.atom_budget), warm)
     results = {}
-    for label, precision, budget, atoms, data in (
-            ("batch-of-one fp32", "fp32", 1, None, items),
-            ("batched fp32", "fp32", args.block_budget, args.atom_budget, items),
-            ("batched bf16", "bf16", args.block_budget, args.atom_budget, items),
-            ("batched fp32, items x4", "fp32", args.block_budget, args.atom_budget,
-             [dict(it, id=f"{it['id']}/{k}") for k in range(4) for it in items])):
+    runs = [("batch-of-one fp32", "fp32", 1, None, items, "torch")]
+    for backend in fp32_backends:
+        suffix = "" if backend == "torch" else f" ({backend})"
+        runs.append((f"batched fp32{suffix}", "fp32", args.block_budget, args.atom_budget, items, backend))
+    runs += [("batched bf16", "bf16", args.block_budget, args.atom_budget, items, "auto"),
+             ("batched fp32, items x4", "fp32", args.block_budget, args.atom_budget,
+              [dict(it, id=f"{it['id']}/{k}") for k in range(4) for it in items], fp32_backends[-1])]
+    for label, precision, budget, atoms, data, backend in runs:
+        set_backend(backend)
+        if budget > 1:  # steady state: Triton compiles a kernel per alignment / divisibility of new sizes once
+            run(embedder(precision, budget, atoms), items)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -169,13 +211,14 @@ def main() -> int:
         results[label] = (seconds, rows)
         print(f"{label:24s} {len(data) / seconds:9.1f} structures/s  {seconds:7.2f} s  {batches:5d} batches  "
               f"peak {peak:6.2f} GiB")
+    set_backend(fp32_backends[-1])
     for budget in [int(b) for b in args.more_budgets.split(",") if b]:
         for precision in ("fp32", "bf16"):
             label = f"batched {precision}, budget {budget}"
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            run(embedder(precision, budget, 10 * budget), items[:64])  # this shape's warm-up
+            run(embedder(precision, budget, 10 * budget), items)  # steady state, as above
             seconds, rows, batches = run(embedder(precision, budget, 10 * budget), items)
             peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
             results[label] = (seconds, rows)
@@ -193,6 +236,10 @@ def main() -> int:
     print("batched bf16 vs batch-of-one fp32:")
     for column, (diff, cosine) in compare(one[1], results["batched bf16"][1], columns).items():
         print(f"  {column:10s} {diff:.2e}  {cosine:.8f}")
+    if args.profile and device.type == "cuda":
+        for precision in ("fp32", "bf16"):
+            set_backend(fp32_backends[-1] if precision == "fp32" else "auto")
+            profile(embedder(precision, args.block_budget, args.atom_budget), items[:args.profile], precision)
     if args.check_graphs and device.type == "cuda":
         print(f"full node irreps, CUDA graphs vs eager: max relative |diff| {check_graphs(model, items):.2e}")
     return 0

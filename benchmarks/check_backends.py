@@ -8,7 +8,9 @@ Parity: for each distinct TensorProductConv of the model, random inputs of `--pa
 gradients with respect to the node features, the hidden edge features and the weight Linear, each as
 |a - b| / |a| against the torch backend in fp32 (TF32 off). Gate: 1e-4 (the models' parity tolerance); exits 1 if
 a backend that ran is beyond it. Backends that do not apply (not installed, wrong dtype) are listed as skipped.
-Timing: CUDA events, median of `--repeats` forward + backward passes of the largest tensor product.
+Timing: CUDA events, median of `--repeats` forward + backward passes of the largest tensor product, and of its
+forward alone without autograd (as inference runs it). The Triton kernels' fp32 dots are 3xTF32 unless
+`--fp32-dot ieee` (triton_common.FP32_DOT).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import build  # noqa: E402
 
 from atomica_ray.models.equivariant import TensorProductConv  # noqa: E402
-from atomica_ray.models.kernels import libraries, set_backend  # noqa: E402
+from atomica_ray.models.kernels import libraries, set_backend, triton_common  # noqa: E402
 
 GATE = 1e-4
 
@@ -52,6 +54,25 @@ def forward_backward(conv: TensorProductConv, backend: str, x, y, h, g, bf16: bo
     return ran, [out, *torch.autograd.grad(out, [x, h, conv.fc[3].weight], g.to(out.dtype))]
 
 
+def forward_only(conv: TensorProductConv, backend: str, x, y, h, bf16: bool = False):
+    set_backend(backend)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        return conv.stacked_tp(x, y, conv.fc[2](conv.fc[1](conv.fc[0](h))), conv.fc[3])
+
+
+def timed(step, repeats: int) -> float:
+    """Median milliseconds of `step` by CUDA events."""
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="triton,cuequivariance,openequivariance")
@@ -59,10 +80,14 @@ def main() -> int:
     parser.add_argument("--edges", type=int, default=85344, help="edges of the timed tensor product")
     parser.add_argument("--bf16", action="store_true", help="time in bf16 (parity is always fp32)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--fp32-dot", default=None, choices=["tf32x3", "ieee"],
+                        help="the Triton kernels' fp32 dots (triton_common.FP32_DOT; default tf32x3)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA device")
     torch.backends.cuda.matmul.allow_tf32 = False
+    if args.fp32_dot:
+        triton_common.FP32_DOT = args.fp32_dot
     torch.manual_seed(0)
     model = build("DenoisePretrainModel").cuda()  # the released configuration, as bench_step.py times it
     convs, seen = [], set()
@@ -105,17 +130,12 @@ def main() -> int:
         if ran != backend:
             print(f"  {backend:18s} skipped (ran {ran})")
             continue
-        times = []
         torch.cuda.reset_peak_memory_stats()
-        for _ in range(args.repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            forward_backward(conv, backend, x, y, h, g, args.bf16)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        print(f"  {backend:18s} {statistics.median(times):8.2f} ms  peak {torch.cuda.max_memory_allocated() / 2**30:.2f} "
-              "GiB")
+        both = timed(lambda: forward_backward(conv, backend, x, y, h, g, args.bf16), args.repeats)
+        with torch.no_grad():  # as inference (embed, predict) runs it
+            forward = timed(lambda: forward_only(conv, backend, x, y, h, args.bf16), args.repeats)
+        print(f"  {backend:18s} {both:8.2f} ms  forward alone {forward:8.2f} ms  peak "
+              f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     print(f"parity gate {GATE:g}: {'pass' if worst <= GATE else 'FAIL'} (worst {worst:.1e})")
     return 0 if worst <= GATE else 1
 

@@ -27,7 +27,7 @@ from atomica_ray.models.equivariant import TensorProductConv
 from atomica_ray.models.interaction import irreps_sequence
 
 tensor_product.WEIGHT_CHUNK_ELEMENTS = 2000  # several chunks of edges in backward, on both paths
-tensor_product.FUSED_GRAD_CHUNK_ELEMENTS = 250000  # dL/dw of released layers: up to 11264 per edge, 1 to 3 chunks
+tensor_product.FUSED_GRAD_CHUNK_BYTES = 1000000  # dL/dw of released layers: up to 11264 per edge, 1 to 3 chunks
 torch.manual_seed(0)
 seq = irreps_sequence(32, 16)
 cases = [(seq[0], seq[1]), (seq[1], seq[2]), (seq[2], seq[3]), (seq[3], seq[3]),
@@ -94,41 +94,48 @@ from atomica_ray.models.equivariant import TensorProductConv
 from atomica_ray.models.interaction import irreps_sequence
 
 seq = irreps_sequence(32, 16)
-stp = TensorProductConv(seq[3], "1x0e + 1x1o + 1x2e", seq[3], 136, 136).stacked_tp
+stp = TensorProductConv(seq[3], "1x0e + 1x1o + 1x2e", seq[3], 128, 128).stacked_tp  # the released layer 3
 target, n = GPUTarget("cuda", 90, 32), 0
-hidden = torch.zeros(1, 136, dtype=torch.bfloat16)
+dtypes = {"*bf16": torch.bfloat16, "*fp32": torch.float32}
+
+
+def build(fn, signature, constexprs, warps, dtype):
+    global n
+    kernel = triton.compile(ASTSource(fn, {**signature, **{k: "constexpr" for k in constexprs}},
+                                      constexprs=constexprs), target=target, options=dict(num_warps=warps))
+    estimate = fc.shared_memory(torch.zeros(1, 128, dtype=dtype))
+    assert kernel.metadata.shared <= min(estimate, fc.SHARED_MEMORY), (fn.__name__, kernel.metadata.shared, estimate)
+    n += 1
+
+
 for i, b in enumerate(stp.kernel_plan.blocks):
-    # bf16 (training): every block's forward and split backward; the single-kernel backward variants and fp32 (TF32)
-    # for the blocks of 2lo+1 = 1 and 5 only (compiling is slow: fewer kernels than one per variant and block)
+    # bf16 (training): every block's forward and split backward; the single-kernel backward variants and fp32
+    # (3xTF32 dots, one pipeline stage) for the blocks of 2lo+1 = 1 and 5 only (compiling is slow)
     for p in ("*bf16", "*fp32") if i == 2 else ("*bf16",):
-        dims = fc._dims(hidden, stp.t_groups[b.group0:b.group1], b.mul, b.dim, b.ut)
+        c = fc._dims(torch.zeros(1, 128, dtype=dtypes[p]), torch.zeros(1, dtype=dtypes[p]),
+                     stp.t_groups[b.group0:b.group1], b.mul, b.dim, b.ut)
+        assert c["PRECISION"] == ("ieee" if p == "*bf16" else "tf32x3"), c
         common = dict(h_ptr=p, w_ptr=p, b_ptr=p, t_ptr=p, grp_ptr="*i32", scale_ptr="*fp32")
-        c = {**dims, "PRECISION": "ieee" if p == "*bf16" else "tf32"}
         fwd = dict(common, out_ptr="*fp32", E="i32", stride_he="i32", stride_oe="i32")
-        triton.compile(ASTSource(fc._contract_fwd, {**fwd, **{k: "constexpr" for k in c}}, constexprs=c),
-                       target=target, options=dict(num_warps=fc.NUM_WARPS))
+        build(fc._contract_fwd, fwd, c, fc.NUM_WARPS, dtypes[p])
         bwd = dict(common, g_ptr="*fp32", gt_ptr=p, gw_ptr=p, gh_ptr="*fp32", E="i32", e_first="i32", n_edges="i32",
                    stride_he="i32", stride_ge="i32", stride_gwe="i32")
         # split backward (default): dL/dT with w made again, dL/dw without a product
         bwd_t = {k: v for k, v in bwd.items() if k not in ("t_ptr", "gw_ptr", "gh_ptr", "stride_gwe")}
-        triton.compile(ASTSource(fc._contract_bwd_t, {**bwd_t, **{k: "constexpr" for k in c}}, constexprs=c),
-                       target=target, options=dict(num_warps=fc.NUM_WARPS_BWD))
-        cw = {k: v for k, v in dims.items() if k not in ("H", "HP", "NUM_STAGES")}
+        build(fc._contract_bwd_t, bwd_t, c, fc.NUM_WARPS_BWD, dtypes[p])
+        cw = {k: v for k, v in c.items() if k not in ("H", "HP", "NUM_STAGES", "PRECISION")}
         bwd_w = dict(t_ptr=p, grp_ptr="*i32", scale_ptr="*fp32", g_ptr="*fp32", gw_ptr=p, E="i32", e_first="i32",
                      n_edges="i32", stride_ge="i32", stride_gwe="i32")
-        triton.compile(ASTSource(fc._contract_bwd_w, {**bwd_w, **{k: "constexpr" for k in cw}}, constexprs=cw),
-                       target=target, options=dict(num_warps=fc.NUM_WARPS))
-        n += 3
+        build(fc._contract_bwd_w, bwd_w, cw, fc.NUM_WARPS, dtypes[p])
         if i in (0, 2) and p == "*bf16":
             for hidden_grad in (False, True):  # single kernel: dL/dhidden by cuBLAS or inside the kernel
-                cb = {**c, "ACCUMULATE": True, "HIDDEN_GRAD": hidden_grad}
-                triton.compile(ASTSource(fc._contract_bwd, {**bwd, **{k: "constexpr" for k in cb}}, constexprs=cb),
-                               target=target, options=dict(num_warps=fc.NUM_WARPS_BWD))
-                n += 1
+                build(fc._contract_bwd, bwd, {**c, "ACCUMULATE": True, "HIDDEN_GRAD": hidden_grad},
+                      fc.NUM_WARPS_BWD, dtypes[p])
 print("COMPILED", n)
 """
 
 
 def test_kernels_compile_for_sm90(tmp_path):
-    """The kernels are valid for an H100 (ptxas), not only for the interpreter: every block of a released layer."""
+    """The kernels are valid for an H100 / H200 (ptxas), not only for the interpreter: every block of a released
+    layer, each within the shared memory of one program (fp32's 3xTF32 tiles at two stages were not: device run)."""
     compile_for_sm90(COMPILE, tmp_path, expected=25)  # 6 blocks x 3 kernels (bf16) + 3 (fp32) + 4 single-kernel

@@ -103,19 +103,22 @@ for irreps_in, irreps_out in [(seq[3], seq[3]), ("8x0e + 2x3e", "8x0e + 2x3e")]:
             dims = fp._dims(g, 9, dtype)
             fwd = dict(x_ptr=p, y_ptr="*fp32", cols_ptr="*i32", cg_ptr="*fp32", out_ptr=p, E="i32", stride_xe="i32",
                        stride_ye="i32", stride_oe="i32")
-            triton.compile(ASTSource(fp._project_fwd, {**fwd, **{k: "constexpr" for k in dims}}, constexprs=dims),
-                           target=target, options=dict(num_warps=fp.NUM_WARPS))
+            k = triton.compile(ASTSource(fp._project_fwd, {**fwd, **{k: "constexpr" for k in dims}},
+                                         constexprs=dims), target=target, options=dict(num_warps=fp.NUM_WARPS))
+            assert k.metadata.shared <= 232448, (dims, k.metadata.shared)  # one program's shared memory (H100)
             for flags in [dict(GRAD_X=True, GRAD_Y=True), dict(GRAD_X=True, GRAD_Y=False)]:
                 c = {**dims, **flags}
                 bwd = dict(x_ptr=p, y_ptr="*fp32", cols_ptr="*i32", cg_ptr="*fp32", g_ptr=p, gx_ptr=p, gy_ptr="*fp32",
                            E="i32", stride_xe="i32", stride_ye="i32", stride_ge="i32", stride_gxe="i32")
-                triton.compile(ASTSource(fp._project_bwd, {**bwd, **{k: "constexpr" for k in c}}, constexprs=c),
-                               target=target, options=dict(num_warps=fp.NUM_WARPS_BWD))
+                k = triton.compile(ASTSource(fp._project_bwd, {**bwd, **{k: "constexpr" for k in c}}, constexprs=c),
+                                   target=target, options=dict(num_warps=fp.NUM_WARPS_BWD))
+                assert k.metadata.shared <= 232448, (c, k.metadata.shared)
             n += 3
 print("COMPILED", n)
 """
 
 
 def test_kernels_compile_for_sm90(tmp_path):
-    """The kernels are valid for an H100 (ptxas), not only for the interpreter."""
+    """The kernels are valid for an H100 (ptxas), not only for the interpreter, and fit one program's shared
+    memory (bf16, and fp32 with 3xTF32 dots)."""
     compile_for_sm90(COMPILE, tmp_path, expected=30)  # 5 groups, 2 dtypes, 3 kernel variants

@@ -43,6 +43,30 @@ def test_each_backend_falls_back_where_it_does_not_apply_on_a_cpu(backend):
     assert not libraries.applies("cuequivariance", stp.irreps, hidden)  # CPU tensors: never a library
 
 
+def test_auto_runs_the_kernels_in_fp32_only_with_tensor_core_dots_that_fit(backend, monkeypatch):
+    """Where the kernels can run (here: Triton's interpreter), "auto" takes them in bf16 and in fp32 with 3xTF32
+    dots, keeps cuBLAS for strict fp32 dots (measured an order of magnitude slower) and for tiles over one
+    program's shared memory (a hidden size of 200 pads to 256: too large in fp32, not in bf16)."""
+    pytest.importorskip("triton")
+    from atomica_ray.models.kernels import fused_contraction, triton_common
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    backend("auto")
+    stp = TensorProductConv("32x0e + 16x1o", "1x0e + 1x1o + 1x2e", "32x0e + 16x1o", 12).stacked_tp
+    assert stp.kernel_layout_ok
+    hidden = torch.randn(5, 128)
+    assert stp.backend_for(hidden) == "triton" and stp.backend_for(hidden.to(torch.bfloat16)) == "triton"
+    monkeypatch.setattr(triton_common, "FP32_DOT", "ieee")
+    assert stp.backend_for(hidden) == "torch" and stp.backend_for(hidden.to(torch.bfloat16)) == "triton"
+    backend("triton")  # asked for by name: strict fp32 dots too
+    assert stp.backend_for(hidden) == "triton"
+    monkeypatch.setattr(triton_common, "FP32_DOT", "tf32x3")
+    wide = torch.randn(5, 200)
+    assert fused_contraction.shared_memory(wide) > fused_contraction.SHARED_MEMORY
+    assert fused_contraction.shared_memory(wide.to(torch.bfloat16)) <= fused_contraction.SHARED_MEMORY
+    assert stp.backend_for(wide) == "torch" and stp.backend_for(wide.to(torch.bfloat16)) == "triton"
+
+
 def test_backend_from_the_environment(monkeypatch):
     monkeypatch.setenv("ATOMICA_RAY_TP_BACKEND", "torch")
     assert tensor_product.backend_from_environment() == "torch"

@@ -37,14 +37,32 @@ EDGE_TILE = 64  # edges per program (BE): wgmma's M
 NUM_WARPS = 4
 NUM_WARPS_BWD = 8  # backward holds dL/dout, the remade w and dL/dw of a group at once
 NUM_STAGES = 2
+# fp32 dots by 3xTF32 (triton_common.FP32_DOT) hold each operand as head and tail: the released layer's tiles need
+# 258 KiB of shared memory at two stages, over the H200's 227 KiB; 192 KiB at one (ptxas figures, sm_90)
+NUM_STAGES_TF32X3 = 1
 # backward as two kernels: dL/dT (with w made again) and dL/dw (no product), each holding less in registers than
 # the single kernel; the single kernel runs where dL/dhidden is made inside it (tensor_product.KERNEL_HIDDEN_GRAD)
 SPLIT_BACKWARD = True
 COLUMNS = 128  # UT W: columns of one group's weight product (set before the model is built: plans use it)
 
 
+# shared memory of one program on an H100 / H200 (227 KiB)
+SHARED_MEMORY = 232448
+
+
 def usable(hidden: torch.Tensor, mul_out: int) -> bool:
-    return runnable(hidden) and mul_out & (mul_out - 1) == 0
+    return runnable(hidden) and mul_out & (mul_out - 1) == 0 and shared_memory(hidden) <= SHARED_MEMORY
+
+
+def shared_memory(hidden: torch.Tensor) -> int:
+    """Bytes of shared memory the contraction's tiles need for these per-edge features: the hidden tile [BE, HP]
+    and a slab of the Linear [HP, COLUMNS] per pipeline stage, twice over for 3xTF32 (head and tail); what ptxas
+    reports for the released layers (tests/test_fused_contraction.py). A larger hidden size in fp32 keeps cuBLAS."""
+    hp = max(16, 1 << (hidden.shape[1] - 1).bit_length())
+    dot = precision(hidden.dtype)
+    size = 8 if dot == "tf32x3" else hidden.element_size()
+    stages = NUM_STAGES_TF32X3 if dot == "tf32x3" else NUM_STAGES
+    return size * hp * (EDGE_TILE + COLUMNS) * stages
 
 
 def group_rows(mul_out: int, path_rows: list[int]) -> int:
@@ -265,11 +283,13 @@ if triton is not None:
                 tl.store(gw + r + u * W, (grad_w * scale).to(gw_ptr.dtype.element_ty), mask=e_ok[:, None])
 
 
-def _dims(hidden: torch.Tensor, groups: torch.Tensor, mul_out: int, dim_out: int, ut: int) -> dict:
+def _dims(hidden: torch.Tensor, weight: torch.Tensor, groups: torch.Tensor, mul_out: int, dim_out: int,
+          ut: int) -> dict:
     h = hidden.shape[1]
     assert dim_out <= 5, "the kernels keep one accumulator per output component, l <= 2"
+    dot = precision(weight.dtype)
     return dict(G=groups.shape[0], H=h, HP=max(16, triton.next_power_of_2(h)), W=mul_out, D=dim_out, UT=ut,
-                BE=EDGE_TILE, NUM_STAGES=NUM_STAGES)
+                BE=EDGE_TILE, PRECISION=dot, NUM_STAGES=NUM_STAGES_TF32X3 if dot == "tf32x3" else NUM_STAGES)
 
 
 def forward(hidden, weight, bias, proj, groups, scale, mul_out: int, dim_out: int, ut: int,
@@ -285,8 +305,7 @@ def forward(hidden, weight, bias, proj, groups, scale, mul_out: int, dim_out: in
     assert scale.dtype == torch.float32 and scale.shape[0] == groups.shape[0]
     grid = (triton.cdiv(e, EDGE_TILE),)
     _contract_fwd[grid](hidden, weight, bias, proj, groups, scale, out, e, hidden.stride(0), out.stride(0),
-                        PRECISION=precision(weight.dtype), num_warps=NUM_WARPS,
-                        **_dims(hidden, groups, mul_out, dim_out, ut))
+                        num_warps=NUM_WARPS, **_dims(hidden, weight, groups, mul_out, dim_out, ut))
 
 
 def backward(hidden, weight, bias, proj, groups, scale, mul_out: int, dim_out: int, ut: int, grad_out, grad_proj,
@@ -302,16 +321,15 @@ def backward(hidden, weight, bias, proj, groups, scale, mul_out: int, dim_out: i
     assert proj.numel() % n_edges == 0
     grid = (triton.cdiv(e, EDGE_TILE),)
     if SPLIT_BACKWARD and grad_hidden is None:
-        dims = _dims(hidden, groups, mul_out, dim_out, ut)
+        dims = _dims(hidden, weight, groups, mul_out, dim_out, ut)
         _contract_bwd_t[grid](hidden, weight, bias, groups, scale, grad_out, grad_proj, e, e_first, n_edges,
-                              hidden.stride(0), grad_out.stride(0), PRECISION=precision(weight.dtype),
-                              num_warps=NUM_WARPS_BWD, **dims)
-        del dims["H"], dims["HP"], dims["NUM_STAGES"]
+                              hidden.stride(0), grad_out.stride(0), num_warps=NUM_WARPS_BWD, **dims)
+        del dims["H"], dims["HP"], dims["NUM_STAGES"], dims["PRECISION"]
         _contract_bwd_w[grid](proj, groups, scale, grad_out, grad_w, e, e_first, n_edges, grad_out.stride(0),
                               grad_w.stride(0), num_warps=NUM_WARPS, **dims)
         return
     _contract_bwd[grid](hidden, weight, bias, proj, groups, scale, grad_out, grad_proj, grad_w,
                         grad_w if grad_hidden is None else grad_hidden, e, e_first, n_edges, hidden.stride(0),
-                        grad_out.stride(0), grad_w.stride(0), PRECISION=precision(weight.dtype),
-                        ACCUMULATE=accumulate, HIDDEN_GRAD=grad_hidden is not None, num_warps=NUM_WARPS_BWD,
-                        **_dims(hidden, groups, mul_out, dim_out, ut))
+                        grad_out.stride(0), grad_w.stride(0), ACCUMULATE=accumulate,
+                        HIDDEN_GRAD=grad_hidden is not None, num_warps=NUM_WARPS_BWD,
+                        **_dims(hidden, weight, groups, mul_out, dim_out, ut))

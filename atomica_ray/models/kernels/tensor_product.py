@@ -17,9 +17,9 @@ the permuted Linear is made: the kernels find both through a group table (`Stack
 
 e3nn runs one einsum per path on strided weight slices; this does a handful of matmuls. It is the same function
 (up to float rounding), which tests/test_models_properties.py checks against e3nn. The per-edge weights are never
-held whole (`EdgeWeightedContraction`); in bf16 on a GPU, Triton kernels make them in registers
-(fused_contraction.py), and the per-l1 projections are Triton kernels too (fused_projection.py); the libraries'
-backends (libraries.py) take them whole.
+held whole (`EdgeWeightedContraction`); on a GPU (bf16; fp32 by 3xTF32 dots), Triton kernels make them in
+registers (fused_contraction.py), and the per-l1 projections are Triton kernels too (fused_projection.py); the
+libraries' backends (libraries.py) take them whole.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from e3nn import o3
 from torch import nn
 
 from . import fused_contraction, fused_projection, libraries
+from .triton_common import precision
 
 
 class KernelBlock(NamedTuple):
@@ -188,7 +189,7 @@ class StackedTensorProduct(nn.Module):
 
     def backend_for(self, hidden: torch.Tensor) -> str:
         """The backend that runs for these per-edge features: `BACKEND` where it applies, else the next one down
-        (library -> auto; triton -> torch; auto: triton in FUSED_DTYPES, else torch)."""
+        (library -> auto; triton -> torch; auto: triton in auto_dtypes(), else torch)."""
         if BACKEND in libraries.LIBRARIES and libraries.applies(BACKEND, self.irreps, hidden):
             return BACKEND
         if BACKEND != "torch" and self._kernels_apply(hidden, BACKEND == "triton"):
@@ -236,9 +237,10 @@ class StackedTensorProduct(nn.Module):
         return torch.cat(parts, dim=1)
 
     def _kernels_apply(self, hidden: torch.Tensor, any_dtype: bool = False) -> bool:
-        # Measured on an H100 (benchmarks/RESULTS.md, issue 7): the kernels win in bf16, but lost to cuBLAS in TF32
-        # and fp32; the group kernels of issue 18 were not measured in TF32 ("auto" keeps cuBLAS there)
-        return ((any_dtype or hidden.dtype in FUSED_DTYPES) and self.kernel_layout_ok
+        # Measured on an H200 (benchmarks/RESULTS.md, issues 16 and 18): the kernels win in bf16, in fp32 with
+        # 3xTF32 dots (largest layer forward 8.9 vs 14.0 ms) and in TF32; fp32 with strict ("ieee") dots is an
+        # order of magnitude slower than cuBLAS, so "auto" keeps cuBLAS there
+        return ((any_dtype or hidden.dtype in auto_dtypes()) and self.kernel_layout_ok
                 and all(fused_contraction.usable(hidden, b.mul) for b in self.kernel_plan.blocks))
 
 
@@ -246,7 +248,8 @@ class StackedTensorProduct(nn.Module):
 # 256 MiB in fp32.
 WEIGHT_CHUNK_ELEMENTS = 1 << 26
 # The backend switch (`set_backend`; environment variable ATOMICA_RAY_TP_BACKEND at import):
-#   "auto"   the Triton kernels (fused_contraction.py) for bf16 / fp16 on a GPU, where they win; else "torch"
+#   "auto"   the Triton kernels (fused_contraction.py) on a GPU where they win (bf16, fp16; fp32 with 3xTF32 or
+#            TF32 dots, `auto_dtypes`); else "torch"
 #   "torch"  torch matmuls only (cuBLAS on a GPU; the CPU path; the reference the others are checked against)
 #   "triton" the Triton kernels in every dtype where they apply (GPU, or the CPU in Triton's interpreter)
 #   "cuequivariance", "openequivariance": the libraries' tensor products where installed and applicable
@@ -284,8 +287,13 @@ USE_FUSED_PROJECTION = True
 # benchmarks/RESULTS.md).
 KERNEL_HIDDEN_GRAD = False
 FUSED_DTYPES = (torch.bfloat16, torch.float16)
-# dL/dw elements held at once on the kernels' path (2**28 = 512 MiB in bf16: the whole batch of a released layer)
-FUSED_GRAD_CHUNK_ELEMENTS = 1 << 28
+# bytes of dL/dw held at once on the kernels' path (512 MiB: the whole batch of a released layer in bf16)
+FUSED_GRAD_CHUNK_BYTES = 1 << 29
+
+
+def auto_dtypes() -> tuple[torch.dtype, ...]:
+    """Dtypes in which "auto" runs the kernels: FUSED_DTYPES, and fp32 unless its dots would be strict fp32."""
+    return FUSED_DTYPES + ((torch.float32,) if precision(torch.float32) != "ieee" else ())
 
 
 class EdgeWeightedContraction(torch.autograd.Function):
@@ -354,7 +362,7 @@ class EdgeWeightedContraction(torch.autograd.Function):
 
 class FusedEdgeWeightedContraction(torch.autograd.Function):
     """`EdgeWeightedContraction` by the Triton kernels of fused_contraction.py (GPU, bf16 / fp16 in training):
-    w is never stored, dL/dw is stored once (chunks of FUSED_GRAD_CHUNK_ELEMENTS, usually the whole batch). Nor is
+    w is never stored, dL/dw is stored once (chunks of FUSED_GRAD_CHUNK_BYTES, usually the whole batch). Nor is
     any t_o or permuted copy of the Linear made: the kernels read T_o's rows from the projection buffer `proj`
     (group-major) and the Linear's rows in e3nn's order where `t_groups` says, scale by `t_scale` (see
     `StackedTensorProduct._plan_kernels`), write each block into its columns of the output, dL/dT into the same
@@ -394,7 +402,7 @@ class FusedEdgeWeightedContraction(torch.autograd.Function):
             grad_hidden = torch.empty_like(hidden, dtype=acc)  # [E, H], written by the first block
             grad_proj = (torch.zeros_like if plan.zero_grad else torch.empty_like)(proj)
             h_ones = _with_ones(hidden, dtype)  # [E, H + 8]
-            step = max(1, FUSED_GRAD_CHUNK_ELEMENTS // numel)
+            step = max(1, FUSED_GRAD_CHUNK_BYTES // (numel * torch.finfo(dtype).bits // 8))
             grad_weight_bias = torch.zeros((numel, n_hidden + 8), dtype=acc, device=hidden.device) if e == 0 else None
             for e0 in range(0, e, step):
                 e1 = min(e, e0 + step)

@@ -25,9 +25,19 @@ def runnable(t: torch.Tensor) -> bool:
     return triton is not None and (t.is_cuda or interpreting())
 
 
+# tl.dot of fp32 operands with TF32 off: "tf32x3" splits each operand into a TF32 head and a TF32 tail and sums
+# head*head + head*tail + tail*head in fp32 (the "3xTF32" of CUTLASS): three tensor-core products whose error,
+# about 2^-21 of each product, is near fp32 rounding, where "ieee" (strict fp32 FMAs, no tensor cores) is an order
+# of magnitude slower on this kernel (benchmarks/RESULTS.md, issue 16). Set "ieee" for bit-faithful fp32 dots.
+FP32_DOT = "tf32x3"
+
+
 def precision(dtype: torch.dtype) -> str:
-    """tl.dot's input precision: fp32 operands follow torch's TF32 switch, as cuBLAS does for the same matmul."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    """tl.dot's input precision: fp32 operands follow torch's TF32 switch ("tf32" when on, as cuBLAS does for the
+    same matmul), else FP32_DOT; other dtypes are exact products."""
+    if dtype != torch.float32:
+        return "ieee"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_DOT
 
 
 if triton is not None:
