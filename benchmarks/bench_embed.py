@@ -33,7 +33,7 @@ from atomica_ray.inference.embed import Embedder  # noqa: E402
 from atomica_ray.inference.runner import Job  # noqa: E402
 from atomica_ray.models import PredictionModel  # noqa: E402
 from atomica_ray.models.backbone import set_batch_independent  # noqa: E402
-from atomica_ray.models.kernels import fused_projection, set_backend  # noqa: E402
+from atomica_ray.models.kernels import set_backend  # noqa: E402
 
 RELEASED = dict(atom_hidden_size=32, block_hidden_size=32, edge_size=32, k_neighbors=8, n_layers=4,
                 global_message_passing=True, bottom_global_message_passing=False, fragmentation_method="PS_300")
@@ -152,8 +152,6 @@ def main() -> int:
     parser.add_argument("--fp32-backends", default="torch",
                         help="tensor-product backends of the batched fp32 rows (comma-separated: torch, triton, ...); "
                         "batch-of-one always runs the torch backend (strict fp32 cuBLAS), the reference")
-    parser.add_argument("--projection-fp32-dot", default=None, choices=["tf32x3", "ieee"],
-                        help="the projection kernel's fp32 dots (fused_projection.FP32_DOT)")
     parser.add_argument("--check-graphs", action="store_true")
     parser.add_argument("--profile", type=int, default=0,
                         help="profile batched fp32 (last of --fp32-backends) and bf16 on the first N items: GPU busy "
@@ -162,8 +160,6 @@ def main() -> int:
     args = parser.parse_args()
     if not (torch.cuda.is_available() or args.cpu):
         raise SystemExit("needs a CUDA device (or --cpu for a smoke run)")
-    if args.projection_fp32_dot:
-        fused_projection.FP32_DOT = args.projection_fp32_dot
     items = items_from_batches(args.items) if args.items else demo_items(args.demo or 1000)
     columns = [c for c, _ in R.parse(args.names)]
     torch.manual_seed(0)

@@ -29,8 +29,6 @@ from torch import nn
 from .triton_common import TL_DTYPES, edge_tile, precision, runnable, tl, triton
 
 EDGE_TILE = 32  # edges per program
-# the projection's dots with fp32 operands and TF32 off; None: triton_common.FP32_DOT (3xTF32)
-FP32_DOT: str | None = None
 NUM_WARPS = 4  # forward
 # backward: with 4 warps the l1 = 2 kernel needs 177 registers a thread (bf16, sm_90, ptxas), with 8 warps 114
 NUM_WARPS_BWD = 8
@@ -167,12 +165,7 @@ def _dims(g: ProjectionGroup, j: int, dtype: torch.dtype) -> dict:
     # tl.dot needs every dimension >= 16: J and Q are padded to at least 16 (IP JP >= 16 then)
     return dict(U=g.rows, I=g.dim, J=j, Q=g.width, IP=triton.next_power_of_2(g.dim),
                 JP=max(16, triton.next_power_of_2(j)), QP=max(16, triton.next_power_of_2(g.width)), BE=EDGE_TILE,
-                DTYPE=TL_DTYPES[dtype], PRECISION=_precision(dtype))
-
-
-def _precision(dtype: torch.dtype) -> str:
-    dot = precision(dtype)
-    return FP32_DOT if dot == "tf32x3" and FP32_DOT else dot
+                DTYPE=TL_DTYPES[dtype], PRECISION=precision(dtype))
 
 
 def forward(x, y, cols, cg, g: ProjectionGroup, out: torch.Tensor, dtype: torch.dtype) -> None:
