@@ -108,7 +108,24 @@ def summarize(results, data: dict, n_boot: int = 1000) -> dict:
 
 
 def fmt(v) -> str:
-    return "nan" if not np.isfinite(v) else f"{v:.3f}"
+    return "nan" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def setting_cells(row: dict, m: str) -> list[str]:
+    """One probe setting of the summary as text: setting, seeds, valid m (ensemble), test m as seed mean ± 95%,
+    as the ensemble [95% CI], and the comparison with the setting chosen on validation (the Markdown table here
+    and the report's HTML table, tune/report.py)."""
+    mean, half = row["seed_mean"][m]
+    value, low, high = row["ensemble"][m]
+    if row["best"]:
+        vs = "best (chosen on validation)"
+    else:
+        v = row["vs_best"]
+        vs = f"{fmt(-v['delta'])} [{fmt(-v['high'])}, {fmt(-v['low'])}], p={v['p_value']:.3g}"
+        if "mcnemar" in v:
+            vs += f", McNemar p={v['mcnemar']['p_value']:.3g}"
+    return [row["setting"], str(len(row["seeds"])), fmt(row["valid_ensemble"]), f"{fmt(mean)} ± {fmt(half)}",
+            f"{fmt(value)} [{fmt(low)}, {fmt(high)}]", vs]
 
 
 def markdown(summary: dict) -> str:
@@ -121,18 +138,7 @@ def markdown(summary: dict) -> str:
              f"| setting | seeds | valid {m} (ensemble) | test {m}: seed mean ± 95% | test {m}: ensemble [95% CI] "
              "| vs best: Δ [95% CI], p |",
              "|---|---|---|---|---|---|"]
-    for row in summary["settings"]:
-        mean, half = row["seed_mean"][m]
-        value, low, high = row["ensemble"][m]
-        if row["best"]:
-            vs = "best (chosen on validation)"
-        else:
-            v = row["vs_best"]
-            vs = f"{fmt(-v['delta'])} [{fmt(-v['high'])}, {fmt(-v['low'])}], p={v['p_value']:.3g}"
-            if "mcnemar" in v:
-                vs += f", McNemar p={v['mcnemar']['p_value']:.3g}"
-        lines.append(f"| {row['setting']} | {len(row['seeds'])} | {fmt(row['valid_ensemble'])} | {fmt(mean)} ± "
-                     f"{fmt(half)} | {fmt(value)} [{fmt(low)}, {fmt(high)}] | {vs} |")
+    lines += ["| " + " | ".join(setting_cells(row, m)) + " |" for row in summary["settings"]]
     return "\n".join(lines) + "\n"
 
 

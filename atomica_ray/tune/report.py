@@ -320,31 +320,15 @@ def probe_html(experiment_dir: Path) -> str | None:
     """The probe results (probe/sweep.py) of a run directory as HTML: one row per probe setting, the test metric
     as seed mean ± 95% interval over seeds and as the seed ensemble with its bootstrap interval, the comparison
     with the setting chosen on validation. None when there are none."""
-    from atomica_ray.probe.sweep import load_results
+    from atomica_ray.probe.sweep import load_results, setting_cells
 
     summary = load_results(experiment_dir)
     if summary is None:
         return None
     m = summary["metric"]
-
-    def f(v):
-        return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-    rows = []
-    for row in summary["settings"]:
-        mean, half = row["seed_mean"][m]
-        value, low, high = row["ensemble"][m]
-        if row["best"]:
-            vs = "best (chosen on validation)"
-        else:
-            v = row["vs_best"]
-            vs = f"{f(-v['delta'])} [{f(-v['high'])}, {f(-v['low'])}], p = {v['p_value']:.3g}"
-            if "mcnemar" in v:
-                vs += f"; McNemar p = {v['mcnemar']['p_value']:.3g}"
-        rows.append({"setting": row["setting"], "seeds": len(row["seeds"]), f"valid {m}": f(row["valid_ensemble"]),
-                     f"test {m} (seed mean ± 95%)": f"{f(mean)} ± {f(half)}",
-                     f"test {m} (ensemble [95% CI])": f"{f(value)} [{f(low)}, {f(high)}]",
-                     "Δ vs best [95% CI], p": vs})
+    columns = ["setting", "seeds", f"valid {m}", f"test {m} (seed mean ± 95%)", f"test {m} (ensemble [95% CI])",
+               "Δ vs best [95% CI], p"]
+    rows = [dict(zip(columns, setting_cells(row, m))) for row in summary["settings"]]
     level = "block level: intervals resample structures" if summary["block_level"] else "item level"
     return (f"<p>{html.escape(summary['representation'])}, {summary['task_type']} ({level}); "
             f"metric {html.escape(m)} on the {html.escape(summary['test_split'])} split; rows "
