@@ -96,14 +96,20 @@ if triton is not None:
         return slab, r, scale, w, rows
 
     @triton.jit
-    def _contract_fwd(h_ptr, w_ptr, b_ptr, t_ptr, grp_ptr, scale_ptr, out_ptr, E, stride_he, stride_oe,
-                      G: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr,
-                      UT: tl.constexpr, BE: tl.constexpr, PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr):
+    def _hidden_tile(h_ptr, w_ptr, E, stride_he, H: tl.constexpr, HP: tl.constexpr, BE: tl.constexpr):
+        """This program's edges, the hidden columns k (HP padded, k_ok real) and its hidden features [BE, HP] in the
+        Linear's dtype (zeros where padded)."""
         e, e_ok = edge_tile(E, BE)
         k = tl.arange(0, HP)
         k_ok = k < H
         hid = tl.load(h_ptr + e[:, None] * stride_he + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-        hid = hid.to(w_ptr.dtype.element_ty)  # [BE, HP]
+        return e, e_ok, k, k_ok, hid.to(w_ptr.dtype.element_ty)
+
+    @triton.jit
+    def _contract_fwd(h_ptr, w_ptr, b_ptr, t_ptr, grp_ptr, scale_ptr, out_ptr, E, stride_he, stride_oe,
+                      G: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, W: tl.constexpr, D: tl.constexpr,
+                      UT: tl.constexpr, BE: tl.constexpr, PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr):
+        e, e_ok, k, k_ok, hid = _hidden_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
         c = tl.arange(0, UT * W)
         i = tl.arange(0, UT)
         t_ok = e_ok[:, None]
@@ -161,11 +167,7 @@ if triton is not None:
                       PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr, ACCUMULATE: tl.constexpr,
                       HIDDEN_GRAD: tl.constexpr):
         # edges e (local to the chunk of E edges) are edges e_first + e of the projection buffer
-        e, e_ok = edge_tile(E, BE)
-        k = tl.arange(0, HP)
-        k_ok = k < H
-        hid = tl.load(h_ptr + e[:, None] * stride_he + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-        hid = hid.to(w_ptr.dtype.element_ty)  # [BE, HP]
+        e, e_ok, k, k_ok, hid = _hidden_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
         c = tl.arange(0, UT * W)
         i = tl.arange(0, UT)
         v = tl.arange(0, W)
@@ -216,11 +218,7 @@ if triton is not None:
                         D: tl.constexpr, UT: tl.constexpr, BE: tl.constexpr, PRECISION: tl.constexpr,
                         NUM_STAGES: tl.constexpr):
         """dL/dT only (split backward): w made again, dL/dout held in registers for the whole loop."""
-        e, e_ok = edge_tile(E, BE)
-        k = tl.arange(0, HP)
-        k_ok = k < H
-        hid = tl.load(h_ptr + e[:, None] * stride_he + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-        hid = hid.to(w_ptr.dtype.element_ty)  # [BE, HP]
+        e, e_ok, k, k_ok, hid = _hidden_tile(h_ptr, w_ptr, E, stride_he, H, HP, BE)
         c = tl.arange(0, UT * W)
         i = tl.arange(0, UT)
         v = tl.arange(0, W)
