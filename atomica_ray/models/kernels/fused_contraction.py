@@ -58,11 +58,18 @@ def shared_memory(hidden: torch.Tensor) -> int:
     """Bytes of shared memory the contraction's tiles need for these per-edge features: the hidden tile [BE, HP]
     and a slab of the Linear [HP, COLUMNS] per pipeline stage, twice over for 3xTF32 (head and tail); what ptxas
     reports for the released layers (tests/test_fused_contraction.py). A larger hidden size in fp32 keeps cuBLAS."""
-    hp = max(16, 1 << (hidden.shape[1] - 1).bit_length())
     dot = precision(hidden.dtype)
     size = 8 if dot == "tf32x3" else hidden.element_size()
-    stages = NUM_STAGES_TF32X3 if dot == "tf32x3" else NUM_STAGES
-    return size * hp * (EDGE_TILE + COLUMNS) * stages
+    return size * _padded(hidden.shape[1]) * (EDGE_TILE + COLUMNS) * _stages(dot)
+
+
+def _padded(h: int) -> int:
+    """HP: the hidden size padded to a power of two of at least 16 (tl.dot's smallest K)."""
+    return max(16, 1 << (h - 1).bit_length())
+
+
+def _stages(dot: str) -> int:
+    return NUM_STAGES_TF32X3 if dot == "tf32x3" else NUM_STAGES
 
 
 def group_rows(mul_out: int, path_rows: list[int]) -> int:
@@ -286,8 +293,8 @@ def _dims(hidden: torch.Tensor, weight: torch.Tensor, groups: torch.Tensor, mul_
     h = hidden.shape[1]
     assert dim_out <= 5, "the kernels keep one accumulator per output component, l <= 2"
     dot = precision(weight.dtype)
-    return dict(G=groups.shape[0], H=h, HP=max(16, triton.next_power_of_2(h)), W=mul_out, D=dim_out, UT=ut,
-                BE=EDGE_TILE, PRECISION=dot, NUM_STAGES=NUM_STAGES_TF32X3 if dot == "tf32x3" else NUM_STAGES)
+    return dict(G=groups.shape[0], H=h, HP=_padded(h), W=mul_out, D=dim_out, UT=ut, BE=EDGE_TILE, PRECISION=dot,
+                NUM_STAGES=_stages(dot))
 
 
 def forward(hidden, weight, bias, proj, groups, scale, mul_out: int, dim_out: int, ut: int,

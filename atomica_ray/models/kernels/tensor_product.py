@@ -361,7 +361,7 @@ class EdgeWeightedContraction(torch.autograd.Function):
 
 
 class FusedEdgeWeightedContraction(torch.autograd.Function):
-    """`EdgeWeightedContraction` by the Triton kernels of fused_contraction.py (GPU, bf16 / fp16 in training):
+    """`EdgeWeightedContraction` by the Triton kernels of fused_contraction.py (GPU; bf16 / fp16, fp32 by 3xTF32):
     w is never stored, dL/dw is stored once (chunks of FUSED_GRAD_CHUNK_BYTES, usually the whole batch). Nor is
     any t_o or permuted copy of the Linear made: the kernels read T_o's rows from the projection buffer `proj`
     (group-major) and the Linear's rows in e3nn's order where `t_groups` says, scale by `t_scale` (see
@@ -402,7 +402,7 @@ class FusedEdgeWeightedContraction(torch.autograd.Function):
             grad_hidden = torch.empty_like(hidden, dtype=acc)  # [E, H], written by the first block
             grad_proj = (torch.zeros_like if plan.zero_grad else torch.empty_like)(proj)
             h_ones = _with_ones(hidden, dtype)  # [E, H + 8]
-            step = max(1, FUSED_GRAD_CHUNK_BYTES // (numel * torch.finfo(dtype).bits // 8))
+            step = max(1, FUSED_GRAD_CHUNK_BYTES // (numel * dtype.itemsize))
             grad_weight_bias = torch.zeros((numel, n_hidden + 8), dtype=acc, device=hidden.device) if e == 0 else None
             for e0 in range(0, e, step):
                 e1 = min(e, e0 + step)
