@@ -14,7 +14,6 @@ batch size 1 for ATOMICA checkpoints). A ProteinInterfaceModel embeds the protei
 
 from __future__ import annotations
 
-import sys
 
 
 def add_arguments(parser) -> None:
@@ -34,44 +33,37 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from atomica_ray.inference.pipeline import usage_error
+    from atomica_ray.inference.pipeline import run_command
 
-    why = None if args.describe else usage_error(args)  # --describe may run without a model
-    if why:
-        print(f"atomica-ray embed: error: {why}", file=sys.stderr)
-        return 2
+    return run_command("embed", args, lambda: embed(args), check_usage=not args.describe)  # --describe: no model
+
+
+def embed(args) -> int:
     from atomica_ray import representations as R
-    from atomica_ray.data.items import DataError
+    from atomica_ray.inference.pipeline import execute
 
-    try:
-        if args.describe:
-            return describe(args)
-        columns = R.parse(args.representations)
-        names = [name for _, name in columns]
-        R.check_options(names, args.pool, args.segment)
-        interface = any(R.REPRESENTATIONS[n].needs_segment for n in names)
-        segment = args.segment if interface else None
+    if args.describe:
+        return describe(args)
+    columns = R.parse(args.representations)
+    names = [name for _, name in columns]
+    R.check_options(names, args.pool, args.segment)
+    interface = any(R.REPRESENTATIONS[n].needs_segment for n in names)
+    segment = args.segment if interface else None
 
-        def check(dataset, model_config):
-            if model_config.get("model_type") == "ProteinInterfaceModel" and segment not in (None, 0):
-                raise ValueError(f"--segment {segment}: a ProteinInterfaceModel embeds the protein (segment 0) "
-                                 "alone")
-            if segment is not None and model_config.get("model_type") != "ProteinInterfaceModel":
-                blocks = dataset.index["n_blocks0"] if segment == 0 else \
-                    dataset.index["n_blocks"] - dataset.index["n_blocks0"]
-                if (blocks == 0).any():
-                    i = int((blocks == 0).nonzero()[0][0])
-                    raise ValueError(f"{dataset.path}, item {i} (id {dataset[i]['id']!r}), field segment_ids: no "
-                                     f"block in segment {segment}, which --segment asks to pool")
+    def check(dataset, model_config):
+        if model_config.get("model_type") == "ProteinInterfaceModel" and segment not in (None, 0):
+            raise ValueError(f"--segment {segment}: a ProteinInterfaceModel embeds the protein (segment 0) "
+                             "alone")
+        if segment is not None and model_config.get("model_type") != "ProteinInterfaceModel":
+            blocks = dataset.index["n_blocks0"] if segment == 0 else \
+                dataset.index["n_blocks"] - dataset.index["n_blocks0"]
+            if (blocks == 0).any():
+                i = int((blocks == 0).nonzero()[0][0])
+                raise ValueError(f"{dataset.path}, item {i} (id {dataset[i]['id']!r}), field segment_ids: no "
+                                 f"block in segment {segment}, which --segment asks to pool")
 
-        from atomica_ray.inference.pipeline import execute
-
-        return execute(args, "embed", {"columns": columns, "pool": args.pool, "segment": segment}, check=check,
-                       verb="embedded")
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, DataError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"atomica-ray embed: error: {message}", file=sys.stderr)
-        return 2
+    return execute(args, "embed", {"columns": columns, "pool": args.pool, "segment": segment}, check=check,
+                   verb="embedded")
 
 
 def describe(args) -> int:

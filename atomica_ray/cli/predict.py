@@ -11,7 +11,6 @@ depend on how items are batched.
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 
@@ -37,34 +36,28 @@ def has_labels(dataset, kind: str) -> bool:
 
 
 def run(args) -> int:
-    from atomica_ray.inference.pipeline import usage_error
+    from atomica_ray.inference.pipeline import run_command
 
-    why = usage_error(args)
-    if why:
-        print(f"atomica-ray predict: error: {why}", file=sys.stderr)
-        return 2
-    from atomica_ray.data.items import DataError
+    return run_command("predict", args, lambda: predict(args))
+
+
+def predict(args) -> int:
+    from atomica_ray.data.loader import FIELDS_USED
     from atomica_ray.inference import checkpoints
     from atomica_ray.inference.pipeline import execute
     from atomica_ray.tasks import get_task
     from atomica_ray.train.config import TrainConfig
 
-    try:
-        files = checkpoints.resolve(args.checkpoint, args.model_config, args.model_weights, args.which)
-        model_type = checkpoints.read_config(files).get("model_type")
-        if model_type not in checkpoints.PREDICTING_TASKS:
-            raise ValueError(f"{files.config}: {model_type} makes no per-item prediction; predict supports "
-                             f"{sorted(checkpoints.PREDICTING_TASKS)} (use `atomica-ray embed` for embeddings)")
-        task = get_task(checkpoints.PREDICTING_TASKS[model_type])
-        kind = task.data_kind(TrainConfig(task=task.name, num_classifier_classes=2))
-        options = {"task": task.name, "kind": kind}
+    files = checkpoints.resolve(args.checkpoint, args.model_config, args.model_weights, args.which)
+    model_type = checkpoints.read_config(files).get("model_type")
+    if model_type not in checkpoints.PREDICTING_TASKS:
+        raise ValueError(f"{files.config}: {model_type} makes no per-item prediction; predict supports "
+                         f"{sorted(checkpoints.PREDICTING_TASKS)} (use `atomica-ray embed` for embeddings)")
+    task = get_task(checkpoints.PREDICTING_TASKS[model_type])
+    kind = task.data_kind(TrainConfig(task=task.name, num_classifier_classes=2))
+    options = {"task": task.name, "kind": kind}
 
-        def check(dataset, model_config):
-            options["labelled"] = has_labels(dataset, kind)
+    def check(dataset, model_config):
+        options["labelled"] = has_labels(dataset, kind)
 
-        from atomica_ray.data.loader import FIELDS_USED
-
-        return execute(args, "predict", options, fields=FIELDS_USED[kind], check=check, verb="predicted")
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, DataError) as error:
-        print(f"atomica-ray predict: error: {error}", file=sys.stderr)
-        return 2
+    return execute(args, "predict", options, fields=FIELDS_USED[kind], check=check, verb="predicted")

@@ -12,7 +12,6 @@ Output: .jsonl (as ATOMICA writes it) or .parquet, or a directory of Parquet par
 
 from __future__ import annotations
 
-import sys
 
 
 def add_arguments(parser) -> None:
@@ -25,17 +24,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from atomica_ray.inference.pipeline import usage_error
+    from atomica_ray.inference.pipeline import execute, run_command
 
-    why = usage_error(args)
-    if why:
-        print(f"atomica-ray score: error: {why}", file=sys.stderr)
-        return 2
-    from atomica_ray.data.items import DataError
-    from atomica_ray.inference.pipeline import execute
-
-    try:
-        return execute(args, "score", {"ligand_segment": args.ligand_segment}, verb="scored")
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, DataError) as error:
-        print(f"atomica-ray score: error: {error}", file=sys.stderr)
-        return 2
+    return run_command("score", args,
+                       lambda: execute(args, "score", {"ligand_segment": args.ligand_segment}, verb="scored"))

@@ -132,6 +132,24 @@ def usage_error(args) -> str | None:
     return None
 
 
+def run_command(command: str, args, body, check_usage: bool = True) -> int:
+    """`atomica-ray <command>` (embed, predict, score): a missing model (found before torch is imported) and bad
+    input raised by body() (ValueError, KeyError, a missing or existing file, DataError) are one line on stderr and
+    exit 2; otherwise body()'s exit status."""
+    why = usage_error(args) if check_usage else None
+    if why:
+        print(f"atomica-ray {command}: error: {why}", file=sys.stderr)
+        return 2
+    from atomica_ray.data.items import DataError
+
+    try:
+        return body()
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, DataError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"atomica-ray {command}: error: {message}", file=sys.stderr)
+        return 2
+
+
 def add_arguments(parser, output_help: str) -> None:
     """The flags embed, predict and score share."""
     model = parser.add_argument_group("model")
