@@ -48,7 +48,7 @@ class Captured:
     stream it ran on, which the driver refuses."""
 
     def __init__(self, module: torch.nn.Module, names: list[str], params: list[torch.nn.Parameter],
-                 inputs: tuple[torch.Tensor, ...], pool):
+                 inputs: tuple[torch.Tensor, ...], pool, stream: torch.cuda.Stream):
         self.params = params
         self.weights = [p.detach().clone().requires_grad_(True) for p in params]
         self.inputs = tuple(x.detach().clone().requires_grad_(x.requires_grad) for x in inputs)
@@ -58,7 +58,6 @@ class Captured:
             return torch.func.functional_call(module, dict(zip(names, self.weights)), self.inputs)
 
         # warm-up and capture on one stream (cuBLAS keeps a workspace per (handle, stream), made on first use)
-        stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(WARMUP_ITERS):
@@ -125,7 +124,7 @@ class GraphedStack:
         params = dict(module.named_parameters())
         self.params = [params[n] for n in names]
         self.graphs: OrderedDict[tuple, Captured] = OrderedDict()
-        self.pool = None
+        self.pool = self.stream = None
         self.in_flight = lambda: None  # weak reference to the _InFlight of the last replayed forward
         self.failures: dict[tuple, int] = {}  # failed captures per bucket
         self.captures, self.capture_seconds = 0, 0.0  # so far, failed ones included
@@ -137,10 +136,14 @@ class GraphedStack:
     def _capture(self, key, inputs) -> Captured | None:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
+            # One capture stream per stack, not one per bucket: the caching allocator keeps the eager warm-up's
+            # freed blocks for the stream they were made on, so a new stream per bucket would strand them.
+            self.stream = torch.cuda.Stream()
         start = time.perf_counter()
         self.captures += 1
         try:
-            captured = self.graphs[key] = Captured(self.module, self.names, self.params, inputs, self.pool)
+            captured = Captured(self.module, self.names, self.params, inputs, self.pool, self.stream)
+            self.graphs[key] = captured
         except RuntimeError as error:  # a capture the driver refused: run this bucket eagerly, try again later
             self.failures[key] = self.failures.get(key, 0) + 1
             warnings.warn(f"CUDA graph capture failed for {key[:2]} nodes/edges (attempt {self.failures[key]} of "
@@ -151,6 +154,9 @@ class GraphedStack:
             self.capture_seconds += time.perf_counter() - start
         while len(self.graphs) > MAX_BUCKETS:
             self.graphs.popitem(last=False)
+        # the warm-up's eager blocks stay cached for the capture stream, which nothing else allocates on: return
+        # them (a capture is rare; the pool's blocks are not touched)
+        torch.cuda.empty_cache()
         return captured
 
     def __call__(self, h, pos, edges, edge_attr):
