@@ -38,6 +38,7 @@ for n, (irreps_in, irreps_out) in enumerate(cases):
     variant = n % 3
     fused_contraction.SPLIT_BACKWARD = variant == 0
     tensor_product.KERNEL_HIDDEN_GRAD = variant == 2
+    tensor_product.RECOMPUTE_PROJECTION = n % 2 == 0  # the projection held for backward, or made again there
     conv = TensorProductConv(irreps_in, "1x0e + 1x1o + 1x2e", irreps_out, 24, 24)
     stp = conv.stacked_tp
     e = 45  # not a multiple of the edge tile
@@ -57,6 +58,25 @@ for n, (irreps_in, irreps_out) in enumerate(cases):
     assert all(torch.isfinite(b).all() for b in results[1])
     print("CASE", irreps_out.replace(" ", ""), int(kernels[0]), int(kernels[1]), int(stp.kernel_plan.zero_grad),
           max(rel), float(results[1][0].abs().max()), variant)
+
+# RECOMPUTE_PROJECTION: the projection is not held from forward to backward, and the gradients are the same
+import gc, weakref
+from atomica_ray.models.kernels import fused_projection
+made, apply = [], fused_projection.FusedProjection.apply
+fused_projection.FusedProjection.apply = lambda *a: made.append(apply(*a)) or made[-1]
+tensor_product.set_backend("triton")
+conv = TensorProductConv(seq[2], "1x0e + 1x1o + 1x2e", seq[3], 24, 24)
+x, y, h = torch.randn(45, conv.tp.irreps_in1.dim), torch.randn(45, 9), torch.randn(45, 24, requires_grad=True)
+held, grads = [], []
+for recompute in (False, True):
+    tensor_product.RECOMPUTE_PROJECTION = recompute
+    out = conv.stacked_tp(x, y, h, conv.fc[3])
+    proj = weakref.ref(made.pop())
+    gc.collect()
+    held.append(int(proj() is not None))
+    grads.append(torch.autograd.grad(out, [h, conv.fc[3].weight], torch.ones_like(out)))
+same = max((a - b).abs().max().item() for a, b in zip(*grads))
+print("HELD", *held, same)
 """
 
 
@@ -67,6 +87,9 @@ def cases():
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [ln.split()[1:] for ln in done.stdout.splitlines() if ln.startswith("CASE")]
     assert len(rows) == 6, done.stdout
+    held = [ln.split()[1:] for ln in done.stdout.splitlines() if ln.startswith("HELD")]
+    assert held and held[0][:2] == ["1", "0"], f"the projection must be freed after forward with recompute: {held}"
+    assert float(held[0][2]) == 0.0, f"recomputing the projection changed the gradients: {held}"
     assert {int(r[-1]) for r in rows} == {0, 1, 2}, "every backward variant ran"
     return [(name, int(off), int(on), int(zero), float(worst), float(peak))
             for name, off, on, zero, worst, peak, _ in rows]

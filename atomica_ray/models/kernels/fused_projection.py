@@ -210,6 +210,40 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def project(x, y, plan: ProjectionPlan, group_major: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Every group's projection, no autograd: [E, P], or group-major [E P] (see FusedProjection)."""
+    e = x.shape[0]
+    if x.shape[1] != plan.x_dim or y.shape[1] != plan.y_dim or y.shape[0] != e:
+        raise ValueError(f"x {tuple(x.shape)}, y {tuple(y.shape)}: expected [E, {plan.x_dim}], [E, {plan.y_dim}]")
+    out = torch.empty((e * plan.width,) if group_major else (e, plan.width), dtype=dtype, device=x.device)
+    if e > 0:
+        for g, cols, cg in plan.tables():
+            forward(x, y, cols, cg, g, _group_view(out, g, e, group_major), dtype)
+    return out
+
+
+class _MadeAgain:
+    """Stands, among a backward's saved tensors, for a projection made again from x and y when it is unpacked."""
+
+
+def recomputed(proj: torch.Tensor, x: torch.Tensor, y: torch.Tensor, plan: ProjectionPlan):
+    """Saved-tensor hooks under which an autograd Function that saves `proj` (the group-major output of
+    FusedProjection(x, y, plan)) keeps no copy of it: its backward makes it again from x and y, which the projection's
+    own backward holds anyway. One more projection launch per layer in backward for [E, P] less memory held per
+    layer between forward and backward: the largest saved tensors of a training step (benchmarks/RESULTS.md)."""
+    ptr, shape, dtype = proj.data_ptr(), proj.shape, proj.dtype
+    x = (x if x.stride(1) == 1 else x.contiguous()).detach()
+    y = (y if y.stride(1) == 1 else y.contiguous()).detach()
+
+    def pack(t: torch.Tensor):
+        return _MadeAgain if t.data_ptr() == ptr and t.shape == shape else t
+
+    def unpack(saved):
+        return project(x, y, plan, True, dtype) if saved is _MadeAgain else saved
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
 class FusedProjection(torch.autograd.Function):
     """Every group's projection of a tensor product, one kernel launch per group (forward and backward).
 
@@ -223,14 +257,7 @@ class FusedProjection(torch.autograd.Function):
         dtype = _compute_dtype(x)
         x = x if x.stride(1) == 1 else x.contiguous()
         y = y if y.stride(1) == 1 else y.contiguous()
-        e = x.shape[0]
-        if x.shape[1] != plan.x_dim or y.shape[1] != plan.y_dim or y.shape[0] != e:
-            raise ValueError(f"x {tuple(x.shape)}, y {tuple(y.shape)}: expected [E, {plan.x_dim}], [E, {plan.y_dim}]")
-        shape = (e * plan.width,) if group_major else (e, plan.width)
-        out = torch.empty(shape, dtype=dtype, device=x.device)
-        if e > 0:
-            for g, cols, cg in plan.tables():
-                forward(x, y, cols, cg, g, _group_view(out, g, e, group_major), dtype)
+        out = project(x, y, plan, group_major, dtype)
         ctx.save_for_backward(x, y)
         ctx.plan, ctx.group_major, ctx.dtype = plan, group_major, dtype
         return out

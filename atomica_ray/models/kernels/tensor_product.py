@@ -177,6 +177,10 @@ class StackedTensorProduct(nn.Module):
         if backend == "triton":
             if USE_FUSED_PROJECTION and fused_projection.usable(x):
                 proj = fused_projection.FusedProjection.apply(x, y, self.projection, True)
+                if RECOMPUTE_PROJECTION and torch.is_grad_enabled():
+                    with fused_projection.recomputed(proj, x, y, self.projection):
+                        return FusedEdgeWeightedContraction.apply(hidden, linear.weight, linear.bias, proj,
+                                                                  self.t_groups, self.t_scale, self.kernel_plan)
             else:
                 flat = [p.reshape(-1) for p in self._project(x, y)]
                 proj = flat[0] if len(flat) == 1 else torch.cat(flat)
@@ -282,6 +286,9 @@ def get_backend() -> str:
 
 # Where the contraction kernels run, the projections too (fused_projection.py); False: torch's outer @ cg.
 USE_FUSED_PROJECTION = True
+# The projection is made again in backward rather than held from forward to backward (fused_projection.recomputed):
+# one more projection launch per layer for the largest tensors a training step holds.
+RECOMPUTE_PROJECTION = True
 # dL/dhidden inside the backward kernels (one [32, W] x [W, H] dot per row of T) or, False, as one cuBLAS matmul
 # of the stored dL/dw: the kernels' dots have K = W = 16 or 32, too small for the tensor cores to pay (H100 A/B in
 # benchmarks/RESULTS.md).
