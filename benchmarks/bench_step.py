@@ -5,15 +5,18 @@ of ATOMICA's code, the same step of ATOMICA's original model side by side.
     python benchmarks/bench_step.py --batches .bench/bench_batches.pt [--model DenoisePretrainModel|Classifier|both]
         [--settings fp32,tf32,bf16,bf16+graphs] [--atomica-src PATH] [--budget BLOCKS] [--warmup 8] [--steps 24]
         [--backend auto|torch|triton|cuequivariance|openequivariance] [--profile] [--count-flops]
-        [kernel knobs: --edge-tile --warps --warps-bwd --columns --stages --kernel-hidden-grad --no-fused-projection]
+        [kernel knobs: --edge-tile --warps --warps-bwd --columns --stages --kernel-hidden-grad --no-fused-projection
+         --keep-projection]
 
 A setting is a precision (fp32: TF32 off, as ATOMICA's reference; tf32; bf16: autocast, the engine's `precision:
-bf16`) with `+graphs` for the engine's `cuda_graphs: true` and `+compile` for torch.compile of the parts outside
-the custom kernels (the heads and everything around the encoders' layer stacks). Each setting builds a fresh model
-(seed 0). With `--cuda-graphs` every setting gets `+graphs` (older command lines). Per setting: the median step
-time, blocks/s, atoms/s, peak allocated GPU memory and the median host time of a step (until `step()` returns,
-before the final sync: when it is close to the step time, the step is bound by Python and kernel launches); the peak
-is counted above what earlier runs of the same process left allocated.
+bf16`) with `+graphs` for the engine's `cuda_graphs: true` and `+compile` for torch.compile of the submodules
+outside the encoders (embeddings, heads). Each setting builds a fresh model (seed 0). With `--cuda-graphs` every
+setting gets `+graphs` (older command lines). Per setting: the median step time, blocks/s, atoms/s, GPU memory and
+the median host time of a step (until `step()` returns, before the final sync: when it is close to the step time,
+the step is bound by Python and kernel launches). Memory, counted above what earlier runs of the same process left
+allocated: the peak allocated in the timed steps, the same with the warm-up steps (where CUDA graphs are captured)
+included, and the peak reserved (with CUDA graphs the figure to read: a replay writes into its graphs' pool, which
+the allocator counts as allocated only while capturing).
 
 With `--atomica-src PATH` (a checkout of github.com/mims-harvard/ATOMICA; see atomica_original.py for the
 stand-ins its imports need) ATOMICA's model runs fp32 and TF32 on the same batches first (`--atomica-steps`, default
@@ -112,12 +115,16 @@ class Runner:
             torch.cuda.synchronize()
 
     def run(self, warmup: int, steps: int) -> dict:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         for i in range(warmup):
             self.step(self.batches[i % len(self.batches)])
         self.sync()
         warmup_s = time.perf_counter() - t0
-        if self.device.type == "cuda":
+        warmup_peak = torch.cuda.max_memory_allocated() if cuda else 0
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
         times, host, blocks, atoms = [], [], 0, 0
         for i in range(steps):
@@ -131,11 +138,15 @@ class Runner:
             blocks += batch["B"].shape[0]
             atoms += batch["A"].shape[0]
         total = sum(times)
-        peak = ((torch.cuda.max_memory_allocated() - self.base_bytes) / 2**30 if self.device.type == "cuda"
-                else float("nan"))
+        gib = lambda n: (n - self.base_bytes) / 2**30 if cuda else float("nan")  # noqa: E731
+        # With CUDA graphs, "allocated" misses what a replay writes into the graphs' pool (the allocator sees it at
+        # capture only): the reserved peak, which holds the pools, is the memory the step really takes.
+        peak = torch.cuda.max_memory_allocated() if cuda else 0
         return dict(median_ms=1000 * statistics.median(times), min_ms=1000 * min(times), max_ms=1000 * max(times),
                     host_ms=1000 * statistics.median(host), blocks_s=blocks / total, atoms_s=atoms / total,
-                    peak_gib=peak, warmup_s=warmup_s, mean_blocks=blocks / steps)
+                    peak_gib=gib(peak), peak_with_warmup_gib=gib(max(peak, warmup_peak)),
+                    reserved_gib=gib(torch.cuda.max_memory_reserved()) if cuda else float("nan"),
+                    warmup_s=warmup_s, mean_blocks=blocks / steps)
 
 
 def profile_step(runner: Runner, trace_path: str | None) -> dict:
@@ -198,6 +209,7 @@ def configure_kernels(args) -> None:
     tensor_product.set_backend(backend)
     tensor_product.USE_FUSED_PROJECTION = not args.no_fused_projection
     tensor_product.KERNEL_HIDDEN_GRAD = args.kernel_hidden_grad
+    tensor_product.RECOMPUTE_PROJECTION = not args.keep_projection
     for module, attr, value in ((fused_contraction, "EDGE_TILE", args.edge_tile),
                                 (fused_contraction, "NUM_WARPS", args.warps),
                                 (fused_contraction, "NUM_WARPS_BWD", args.warps_bwd),
@@ -232,6 +244,8 @@ def main() -> None:
                         help="torch's outer @ cg projections instead of the Triton projection kernels")
     parser.add_argument("--kernel-hidden-grad", action="store_true",
                         help="dL/dhidden inside the Triton backward instead of one cuBLAS matmul")
+    parser.add_argument("--keep-projection", action="store_true",
+                        help="hold each projection from forward to backward instead of making it again there")
     parser.add_argument("--single-backward", action="store_true",
                         help="the contraction's backward as one kernel (dL/dT and dL/dw together) instead of two")
     parser.add_argument("--edge-tile", type=int, default=None, help="edges per contraction program")
@@ -281,7 +295,8 @@ def main() -> None:
           f"contraction tile {fused_contraction.EDGE_TILE} edges x {fused_contraction.COLUMNS} columns, warps "
           f"{fused_contraction.NUM_WARPS}/{fused_contraction.NUM_WARPS_BWD}, stages {fused_contraction.NUM_STAGES}, "
           f"split backward {fused_contraction.SPLIT_BACKWARD}, "
-          f"kernel_hidden_grad {tensor_product.KERNEL_HIDDEN_GRAD}, optimizer {args.optimizer}", flush=True)
+          f"kernel_hidden_grad {tensor_product.KERNEL_HIDDEN_GRAD}, recompute_projection "
+          f"{tensor_product.RECOMPUTE_PROJECTION}, optimizer {args.optimizer}", flush=True)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from batches import batches_of
 
@@ -296,7 +311,8 @@ def main() -> None:
         rows.append(row)
         print(f"{row['model']} {row['code']} {row['setting']}: median step {row['median_ms']:.1f} ms (min "
               f"{row['min_ms']:.1f}, max {row['max_ms']:.1f}) blocks/s {row['blocks_s']:.0f} atoms/s "
-              f"{row['atoms_s']:.0f} peak allocated {row['peak_gib']:.2f} GiB host {row['host_ms']:.1f} ms "
+              f"{row['atoms_s']:.0f} peak allocated {row['peak_gib']:.2f} GiB (with warm-up and captures "
+              f"{row['peak_with_warmup_gib']:.2f}, reserved {row['reserved_gib']:.2f}) host {row['host_ms']:.1f} ms "
               f"(warm-up {row['warmup_s']:.1f} s, {row['mean_blocks']:.0f} blocks/batch)", flush=True)
         if args.json:
             with open(args.json, "a") as f:
@@ -359,14 +375,15 @@ def main() -> None:
 
     print()
     print(f"{'model':<22} {'code':<12} {'setting':<18} {'median ms':>10} {'vs ATOMICA fp32':>16} "
-          f"{'vs ATOMICA same':>16} {'peak GiB':>9} {'host ms':>8}")
+          f"{'vs ATOMICA same':>16} {'peak GiB':>9} {'reserved':>9} {'host ms':>8}")
     for row in rows:
         ref = {r["setting"]: r["median_ms"] for r in rows if r["model"] == row["model"] and r["code"] == "ATOMICA"}
         same = ref.get("tf32" if row["setting"].startswith("tf32") else "fp32")
         fp32 = ref.get("fp32")
         ratio = lambda r: f"{r / row['median_ms']:.1f}x" if r else "-"  # noqa: E731
         print(f"{row['model']:<22} {row['code']:<12} {row['setting']:<18} {row['median_ms']:>10.1f} "
-              f"{ratio(fp32):>16} {ratio(same):>16} {row['peak_gib']:>9.2f} {row['host_ms']:>8.1f}")
+              f"{ratio(fp32):>16} {ratio(same):>16} {row['peak_gib']:>9.2f} {row['reserved_gib']:>9.2f} "
+              f"{row['host_ms']:>8.1f}")
 
 
 if __name__ == "__main__":
