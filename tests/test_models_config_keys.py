@@ -4,7 +4,7 @@ flags live in the sidecar; configs of current ATOMICA load when their new option
 name, when one is on.
 
 ATOMICA's constructor key sets are read from its own checkpoints' configs in tests/fixtures/atomica_reference.pt
-(copied from the project's reference set, made by ATOMICA @2904342)."""
+(ATOMICA @2904342's get_config(), written by tests/fixtures/make_reference.py)."""
 
 from __future__ import annotations
 
