@@ -10,7 +10,8 @@ gradients with respect to the node features, the hidden edge features and the we
 a backend that ran is beyond it. Backends that do not apply (not installed, wrong dtype) are listed as skipped.
 Timing: CUDA events, median of `--repeats` forward + backward passes of the largest tensor product, and of its
 forward alone without autograd (as inference runs it). The Triton kernels' fp32 dots are 3xTF32 unless
-`--fp32-dot ieee` (triton_common.FP32_DOT).
+`--fp32-dot ieee` (triton_common.FP32_DOT). OpenEquivariance builds its extension at import; on a machine without
+network, `source benchmarks/oeq_env.sh SITE` first (see there).
 """
 
 from __future__ import annotations

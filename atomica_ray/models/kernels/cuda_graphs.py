@@ -154,9 +154,6 @@ class GraphedStack:
             self.capture_seconds += time.perf_counter() - start
         while len(self.graphs) > MAX_BUCKETS:
             self.graphs.popitem(last=False)
-        # the warm-up's eager blocks stay cached for the capture stream, which nothing else allocates on: return
-        # them (a capture is rare; the pool's blocks are not touched)
-        torch.cuda.empty_cache()
         return captured
 
     def __call__(self, h, pos, edges, edge_attr):
