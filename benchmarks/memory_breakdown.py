@@ -1,9 +1,9 @@
 """Where a training step's activation memory goes: the tensors autograd saves for backward, by module.
 
     python benchmarks/memory_breakdown.py --batches .bench/bench_batches.pt [--model DenoisePretrainModel|Classifier]
-        [--precision bf16|fp32] [--budget 1000] [--depth 4] [--top 12] [--keep-projection]
+        [--precision bf16|fp32] [--budget 1000] [--warmup 2] [--depth 4] [--top 12] [--keep-projection]
 
-Builds the model of bench_step.py (ATOMICA's released configuration), runs two warm-up steps (eager: no CUDA
+Builds the model of bench_step.py (ATOMICA's released configuration), runs `--warmup` steps (eager: no CUDA
 graphs, whose replays the allocator does not see), then one forward under `torch.autograd.graph.saved_tensors_hooks`
 that charges every saved tensor's storage, once, to the innermost module whose forward was running when it was
 saved (named to `--depth` levels, e.g. `encoder.encoder.layers.3`). Printed: the bytes saved per module, the largest
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--budget", type=int, default=None, help="re-pack the items into batches of <= N blocks")
     parser.add_argument("--batch", type=int, default=0, help="which of the 8 batches to break down")
+    parser.add_argument("--warmup", type=int, default=2, help="steps before the one broken down")
     parser.add_argument("--depth", type=int, default=4, help="module name levels to group by")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--keep-projection", action="store_true",
@@ -83,8 +84,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = build(name).to(device).train()
     runner = Runner(name, model, batches, args.precision, fused_optimizer=device.type == "cuda", device=device)
-    for batch in batches[:2]:
-        runner.step(batch)
+    for i in range(args.warmup):
+        runner.step(batches[i % len(batches)])
     batch = batches[args.batch]
     runner.optimizer.zero_grad(set_to_none=True)
     cuda = device.type == "cuda"
