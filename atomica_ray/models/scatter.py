@@ -5,10 +5,27 @@ from __future__ import annotations
 import torch
 
 
+class _ScatterSum(torch.autograd.Function):
+    """index_add's sum, whose backward keeps only the index. torch's index_add saves its source for backward (for a
+    shape check): a copy of every message-passing layer's [E, D] messages held until backward, ~0.4 GiB of a
+    1000-block training step (benchmarks/RESULTS.md)."""
+
+    @staticmethod
+    def forward(ctx, src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        return src.new_zeros((dim_size, *src.shape[1:])).index_add_(0, index, src)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None, None
+
+
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """out[i] = sum of src[j] over j with index[j] == i; rows with no entry are 0.  # [dim_size, ...]"""
-    out = src.new_zeros((dim_size, *src.shape[1:]))
-    return out.index_add_(0, index, src)
+    if src.requires_grad and torch.is_grad_enabled():
+        return _ScatterSum.apply(src, index, dim_size)
+    return src.new_zeros((dim_size, *src.shape[1:])).index_add_(0, index, src)
 
 
 def scatter_count(index: torch.Tensor, dim_size: int, dtype: torch.dtype) -> torch.Tensor:
