@@ -71,3 +71,10 @@ def batches_of(batches: list[dict], budget: int, count: int = 8) -> list[dict]:
         current.append(item)
         blocks += n
     return out
+
+
+def prepared(batches: list[dict], budget: int | None, device) -> list[dict]:
+    """The batches, re-packed into batches of <= `budget` blocks when it is given, with their tensors on `device`."""
+    if budget:
+        batches = batches_of(batches, budget)
+    return [{k: v.to(device) for k, v in b.items() if isinstance(v, torch.Tensor)} for b in batches]

@@ -298,7 +298,7 @@ def main() -> None:
           f"kernel_hidden_grad {tensor_product.KERNEL_HIDDEN_GRAD}, recompute_projection "
           f"{tensor_product.RECOMPUTE_PROJECTION}, optimizer {args.optimizer}", flush=True)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from batches import batches_of
+    from batches import prepared
 
     atomica_models = None
     if args.atomica_src:
@@ -320,10 +320,7 @@ def main() -> None:
 
     all_batches = torch.load(args.batches, weights_only=True)
     for name in names:
-        batches = all_batches[name]
-        if args.budget:
-            batches = batches_of(batches, args.budget)
-        batches = [{k: v.to(device) for k, v in b.items() if isinstance(v, torch.Tensor)} for b in batches]
+        batches = prepared(all_batches[name], args.budget, device)
         if atomica_models is not None:
             for precision in ("fp32", "tf32"):
                 torch.manual_seed(0)

@@ -21,7 +21,7 @@ from collections import defaultdict
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from batches import batches_of  # noqa: E402
+from batches import prepared  # noqa: E402
 from bench_step import Runner, build, loss_of, step_inputs  # noqa: E402
 
 from atomica_ray.models.kernels import tensor_product  # noqa: E402
@@ -77,10 +77,7 @@ def main() -> None:
     tensor_product.RECOMPUTE_PROJECTION = not args.keep_projection
     name = "ClassifierModel" if args.model == "Classifier" else args.model
     device = torch.device(args.device)
-    batches = torch.load(args.batches, weights_only=True)[name]
-    if args.budget:
-        batches = batches_of(batches, args.budget)
-    batches = [{k: v.to(device) for k, v in b.items() if isinstance(v, torch.Tensor)} for b in batches]
+    batches = prepared(torch.load(args.batches, weights_only=True)[name], args.budget, device)
     torch.manual_seed(0)
     model = build(name).to(device).train()
     runner = Runner(name, model, batches, args.precision, fused_optimizer=device.type == "cuda", device=device)

@@ -15,7 +15,6 @@ batch size 1 for ATOMICA checkpoints). A ProteinInterfaceModel embeds the protei
 from __future__ import annotations
 
 
-
 def add_arguments(parser) -> None:
     from atomica_ray.inference.pipeline import add_arguments as common
 

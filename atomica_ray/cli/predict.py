@@ -11,7 +11,6 @@ depend on how items are batched.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 

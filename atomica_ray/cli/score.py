@@ -13,7 +13,6 @@ Output: .jsonl (as ATOMICA writes it) or .parquet, or a directory of Parquet par
 from __future__ import annotations
 
 
-
 def add_arguments(parser) -> None:
     from atomica_ray.inference.pipeline import add_arguments as common
 

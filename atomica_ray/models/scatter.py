@@ -23,9 +23,7 @@ class _ScatterSum(torch.autograd.Function):
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """out[i] = sum of src[j] over j with index[j] == i; rows with no entry are 0.  # [dim_size, ...]"""
-    if src.requires_grad and torch.is_grad_enabled():
-        return _ScatterSum.apply(src, index, dim_size)
-    return src.new_zeros((dim_size, *src.shape[1:])).index_add_(0, index, src)
+    return _ScatterSum.apply(src, index, dim_size)
 
 
 def scatter_count(index: torch.Tensor, dim_size: int, dtype: torch.dtype) -> torch.Tensor:

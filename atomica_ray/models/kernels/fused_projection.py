@@ -210,6 +210,11 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """t with unit stride along its features, as the kernels read rows (a copy only where needed)."""
+    return t if t.stride(1) == 1 else t.contiguous()
+
+
 def project(x, y, plan: ProjectionPlan, group_major: bool, dtype: torch.dtype) -> torch.Tensor:
     """Every group's projection, no autograd: [E, P], or group-major [E P] (see FusedProjection)."""
     e = x.shape[0]
@@ -232,8 +237,7 @@ def recomputed(proj: torch.Tensor, x: torch.Tensor, y: torch.Tensor, plan: Proje
     own backward holds anyway. One more projection launch per layer in backward for [E, P] less memory held per
     layer between forward and backward: the largest saved tensors of a training step (benchmarks/RESULTS.md)."""
     ptr, shape, dtype = proj.data_ptr(), proj.shape, proj.dtype
-    x = (x if x.stride(1) == 1 else x.contiguous()).detach()
-    y = (y if y.stride(1) == 1 else y.contiguous()).detach()
+    x, y = _unit_stride(x).detach(), _unit_stride(y).detach()
 
     def pack(t: torch.Tensor):
         return _MadeAgain if t.data_ptr() == ptr and t.shape == shape else t
@@ -255,8 +259,7 @@ class FusedProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, plan: ProjectionPlan, group_major: bool = False):
         dtype = _compute_dtype(x)
-        x = x if x.stride(1) == 1 else x.contiguous()
-        y = y if y.stride(1) == 1 else y.contiguous()
+        x, y = _unit_stride(x), _unit_stride(y)
         out = project(x, y, plan, group_major, dtype)
         ctx.save_for_backward(x, y)
         ctx.plan, ctx.group_major, ctx.dtype = plan, group_major, dtype

@@ -24,6 +24,7 @@ libraries' backends (libraries.py) take them whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import NamedTuple
 
@@ -175,18 +176,18 @@ class StackedTensorProduct(nn.Module):
         x [E, irreps_in1.dim], y [E, irreps_in2.dim], hidden [E, linear.in_features] -> [E, irreps_out.dim]."""
         backend = self.backend_for(hidden)
         if backend == "triton":
+            saving = contextlib.nullcontext()  # what the contraction saves for backward: as it is
             if USE_FUSED_PROJECTION and fused_projection.usable(x):
                 proj = fused_projection.FusedProjection.apply(x, y, self.projection, True)
                 if RECOMPUTE_PROJECTION and torch.is_grad_enabled():
-                    with fused_projection.recomputed(proj, x, y, self.projection):
-                        return FusedEdgeWeightedContraction.apply(hidden, linear.weight, linear.bias, proj,
-                                                                  self.t_groups, self.t_scale, self.kernel_plan)
+                    saving = fused_projection.recomputed(proj, x, y, self.projection)  # proj made again instead
             else:
                 flat = [p.reshape(-1) for p in self._project(x, y)]
                 proj = flat[0] if len(flat) == 1 else torch.cat(flat)
             # proj: [E * sum over groups U_l1 Q_l1], group-major
-            return FusedEdgeWeightedContraction.apply(hidden, linear.weight, linear.bias, proj, self.t_groups,
-                                                      self.t_scale, self.kernel_plan)
+            with saving:
+                return FusedEdgeWeightedContraction.apply(hidden, linear.weight, linear.bias, proj, self.t_groups,
+                                                          self.t_scale, self.kernel_plan)
         if backend in libraries.LIBRARIES:
             return libraries.tensor_product(backend, self.irreps, x, y, linear(hidden))
         return self._contract_stacked(self._project(x, y), hidden, linear)  # per l1 group [E, U_l1, Q_l1]
